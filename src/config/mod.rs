@@ -1,0 +1,479 @@
+//! Typed configuration.
+//!
+//! A file is read into [`raw::RawConfig`] (unknown keys are errors that name the key and the file),
+//! `${VAR}` references are expanded from the environment, and [`validate`] turns the result into a
+//! [`Config`] whose every value is known to be usable: addresses parse, durations have units, every
+//! model names a backend that exists. Durations are written with units (`"30s"`, `"250ms"`), sizes
+//! in bytes with the unit in the key's name, so no value is ever read in the wrong unit.
+
+pub mod env;
+pub mod raw;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::backends::candle::CandleConfig;
+
+use self::raw::{RawBackend, RawConfig, RawLimits};
+
+/// A config that failed to load. The message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The file the error is in.
+    pub file: String,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    /// Where `/metrics` is served; `None` serves it on the main listener.
+    pub admin_listen: Option<SocketAddr>,
+    pub logging: LoggingConfig,
+    pub backends: BTreeMap<String, BackendConfig>,
+    pub models: BTreeMap<String, ModelConfig>,
+    /// The file this came from, for messages.
+    pub source: PathBuf,
+}
+
+/// `[server]`, checked.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Connections beyond this wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// A client must send its request headers within this time.
+    pub header_read_timeout: Duration,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long in-flight streams may run on after SIGINT/SIGTERM before they are ended.
+    pub shutdown_grace: Duration,
+    /// Interval of SSE keep-alive comments while a backend is silent.
+    pub sse_keep_alive: Duration,
+    /// Accept HTTP/2 with prior knowledge (h2c) beside HTTP/1.1.
+    pub http2: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// `[logging]`, checked.
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+/// A backend, checked.
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    OpenAi(OpenAiConfig),
+    Candle(CandleConfig),
+}
+
+impl BackendConfig {
+    /// The `type` key.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::OpenAi(_) => "openai",
+            BackendConfig::Candle(_) => "candle",
+        }
+    }
+}
+
+/// `type = "openai"`, checked.
+#[derive(Clone)]
+pub struct OpenAiConfig {
+    /// Base URL up to and including `/v1`, without a trailing slash.
+    pub base_url: http::Uri,
+    /// Sent as `Authorization: Bearer …` when non-empty. Never logged.
+    pub api_key: Option<String>,
+    pub connect_timeout: Duration,
+    /// Until the response headers arrive.
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two stream events.
+    pub idle_timeout: Duration,
+    /// The whole exchange.
+    pub total_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// Speak HTTP/2 only (h2 over TLS is negotiated by ALPN regardless).
+    pub http2_only: bool,
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("total_timeout", &self.total_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Operating limits on input for one model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// Largest `max_tokens` a client may ask for.
+    pub max_tokens: u32,
+    /// Completion budget when the client gives none.
+    pub default_max_tokens: u32,
+    pub max_messages: usize,
+    /// Total bytes of message text.
+    pub max_prompt_bytes: usize,
+}
+
+/// `[models.NAME]`, checked.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The name clients send as `model`.
+    pub name: String,
+    pub backend: String,
+    /// The model name sent upstream.
+    pub upstream_model: String,
+    pub limits: ModelLimits,
+}
+
+/// The path used when `--config` is not given.
+pub const DEFAULT_PATH: &str = "config/sluice.toml";
+
+// === impl Config ===
+
+impl Config {
+    /// Reads, interpolates and validates a file, using the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text, path, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses a config from text; `path` is used in messages and to resolve relative paths.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let err = |message: String| ConfigError {
+            file: file.clone(),
+            message,
+        };
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        env::interpolate_value(&mut value, &mut Vec::new(), lookup)
+            .map_err(|(key, e)| err(format!("`{key}`: {e}")))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            if key == "." || key.is_empty() {
+                err(e.inner().to_string())
+            } else {
+                err(format!("`{key}`: {}", e.inner()))
+            }
+        })?;
+        validate(raw, path).map_err(err)
+    }
+}
+
+fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match value {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s).map_err(|e| {
+            format!(
+                "`{key}`: `{s}` is not a duration with a unit, such as \"30s\" or \"250ms\" ({e})"
+            )
+        }),
+    }
+}
+
+fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("`{key}`: `{value}` is not an address like 127.0.0.1:8080"))
+}
+
+fn limits(key: &str, base: &RawLimits, over: &RawLimits) -> Result<ModelLimits, String> {
+    let max_tokens = over.max_tokens.or(base.max_tokens).unwrap_or(4096);
+    let default_max_tokens = over
+        .default_max_tokens
+        .or(base.default_max_tokens)
+        .unwrap_or(max_tokens.min(1024));
+    let max_messages = over.max_messages.or(base.max_messages).unwrap_or(256);
+    let max_prompt_bytes = over
+        .max_prompt_bytes
+        .or(base.max_prompt_bytes)
+        .unwrap_or(512 * 1024);
+    if max_tokens == 0 {
+        return Err(format!("`{key}.max_tokens` must be at least 1"));
+    }
+    if default_max_tokens == 0 || default_max_tokens > max_tokens {
+        return Err(format!(
+            "`{key}.default_max_tokens` must be between 1 and max_tokens ({max_tokens})"
+        ));
+    }
+    if max_messages == 0 || max_prompt_bytes == 0 {
+        return Err(format!(
+            "`{key}`: max_messages and max_prompt_bytes must be at least 1"
+        ));
+    }
+    Ok(ModelLimits {
+        max_tokens,
+        default_max_tokens,
+        max_messages,
+        max_prompt_bytes,
+    })
+}
+
+/// Turns the as-read config into the checked one.
+pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
+    let s = raw.server;
+    let server = ServerConfig {
+        listen: socket_addr(
+            "server.listen",
+            s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
+        )?,
+        max_connections: s.max_connections.unwrap_or(10_000),
+        header_read_timeout: duration(
+            "server.header_read_timeout",
+            s.header_read_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?,
+        max_body_bytes: s.max_body_bytes.unwrap_or(4 * 1024 * 1024),
+        shutdown_grace: duration(
+            "server.shutdown_grace",
+            s.shutdown_grace.as_deref(),
+            Duration::from_secs(30),
+        )?,
+        sse_keep_alive: duration(
+            "server.sse_keep_alive",
+            s.sse_keep_alive.as_deref(),
+            Duration::from_secs(15),
+        )?,
+        http2: s.http2.unwrap_or(true),
+    };
+    if server.max_connections == 0 {
+        return Err("`server.max_connections` must be at least 1".into());
+    }
+    if server.max_body_bytes < 1024 {
+        return Err("`server.max_body_bytes` must be at least 1024".into());
+    }
+    if server.sse_keep_alive.is_zero() || server.header_read_timeout.is_zero() {
+        return Err(
+            "`server.sse_keep_alive` and `server.header_read_timeout` must be above zero".into(),
+        );
+    }
+    let admin_listen = raw
+        .admin
+        .listen
+        .as_deref()
+        .map(|a| socket_addr("admin.listen", a))
+        .transpose()?;
+
+    let logging = LoggingConfig {
+        format: match raw.logging.format.as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(format!(
+                    "`logging.format`: `{other}` is not one of \"pretty\", \"json\""
+                ))
+            }
+        },
+        level: raw.logging.level.unwrap_or_else(|| "info".into()),
+    };
+
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let mut backends = BTreeMap::new();
+    for (name, b) in raw.backends {
+        let key = format!("backends.{name}");
+        let checked = match b {
+            RawBackend::Openai(o) => BackendConfig::OpenAi(openai(&key, o)?),
+            RawBackend::Candle(c) => BackendConfig::Candle(c.validate(&key, base_dir)?),
+        };
+        backends.insert(name, checked);
+    }
+
+    let mut models = BTreeMap::new();
+    for (name, m) in raw.models {
+        let key = format!("models.{name}");
+        if !backends.contains_key(&m.backend) {
+            return Err(format!(
+                "`{key}.backend`: no backend named `{}` (declared: {})",
+                m.backend,
+                backends.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let limits = limits(&key, &raw.limits, &m.limits)?;
+        models.insert(
+            name.clone(),
+            ModelConfig {
+                upstream_model: m.upstream_model.unwrap_or_else(|| name.clone()),
+                name,
+                backend: m.backend,
+                limits,
+            },
+        );
+    }
+    if models.is_empty() {
+        return Err("no `[models.NAME]` declared: the gateway would serve nothing".into());
+    }
+
+    Ok(Config {
+        server,
+        admin_listen,
+        logging,
+        backends,
+        models,
+        source: path.to_path_buf(),
+    })
+}
+
+fn openai(key: &str, o: raw::RawOpenAi) -> Result<OpenAiConfig, String> {
+    let trimmed = o.base_url.trim_end_matches('/');
+    let base_url: http::Uri = trimmed
+        .parse()
+        .map_err(|e| format!("`{key}.base_url`: `{}` is not a URL ({e})", o.base_url))?;
+    match base_url.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(format!(
+                "`{key}.base_url`: `{}` must start with http:// or https://",
+                o.base_url
+            ))
+        }
+    }
+    if base_url.host().is_none() {
+        return Err(format!("`{key}.base_url`: `{}` has no host", o.base_url));
+    }
+    Ok(OpenAiConfig {
+        base_url,
+        api_key: o.api_key.filter(|k| !k.is_empty()),
+        connect_timeout: duration(
+            &format!("{key}.connect_timeout"),
+            o.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+        )?,
+        first_byte_timeout: duration(
+            &format!("{key}.first_byte_timeout"),
+            o.first_byte_timeout.as_deref(),
+            Duration::from_secs(60),
+        )?,
+        idle_timeout: duration(
+            &format!("{key}.idle_timeout"),
+            o.idle_timeout.as_deref(),
+            Duration::from_secs(60),
+        )?,
+        total_timeout: duration(
+            &format!("{key}.total_timeout"),
+            o.total_timeout.as_deref(),
+            Duration::from_secs(600),
+        )?,
+        pool_idle_timeout: duration(
+            &format!("{key}.pool_idle_timeout"),
+            o.pool_idle_timeout.as_deref(),
+            Duration::from_secs(90),
+        )?,
+        pool_max_idle_per_host: o.pool_max_idle_per_host.unwrap_or(256),
+        http2_only: o.http2_only.unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[backends.upstream]
+type = "openai"                      # any OpenAI-compatible endpoint
+base_url = "http://127.0.0.1:9101/v1"
+api_key = "${UPSTREAM_API_KEY:-}"    # optional; empty sends no Authorization header
+
+[models.mock]
+backend = "upstream"
+# upstream_model = "mock"            # model name sent upstream; defaults to "mock"
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn contract_file_is_accepted() {
+        let c = Config::from_toml(CONTRACT, Path::new("c.toml"), &no_env).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        let m = &c.models["mock"];
+        assert_eq!(m.upstream_model, "mock");
+        match &c.backends["upstream"] {
+            BackendConfig::OpenAi(o) => {
+                assert!(o.api_key.is_none());
+                assert_eq!(o.base_url.to_string(), "http://127.0.0.1:9101/v1");
+            }
+            other => panic!("wrong backend {other:?}"),
+        }
+    }
+
+    #[test]
+    fn api_key_comes_from_env_and_is_not_debug_printed() {
+        let env = |k: &str| (k == "UPSTREAM_API_KEY").then(|| "sk-secret".to_string());
+        let c = Config::from_toml(CONTRACT, Path::new("c.toml"), &env).unwrap();
+        let BackendConfig::OpenAi(o) = &c.backends["upstream"] else {
+            panic!("openai expected")
+        };
+        assert_eq!(o.api_key.as_deref(), Some("sk-secret"));
+        assert!(!format!("{c:?}").contains("sk-secret"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let text = CONTRACT.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\nlisten_typo = 1",
+        );
+        let e = Config::from_toml(&text, Path::new("conf/x.toml"), &no_env).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("conf/x.toml"), "{msg}");
+        assert!(msg.contains("listen_typo"), "{msg}");
+        assert!(msg.contains("server"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_backend_and_bad_duration_are_named() {
+        let text = CONTRACT.replace("backend = \"upstream\"", "backend = \"nope\"");
+        let e = Config::from_toml(&text, Path::new("c.toml"), &no_env).unwrap_err();
+        assert!(e.to_string().contains("models.mock.backend"), "{e}");
+        let text = CONTRACT.replace("[models.mock]", "[server2]\n[models.mock]");
+        assert!(Config::from_toml(&text, Path::new("c.toml"), &no_env).is_err());
+        let text = CONTRACT.replace("api_key =", "idle_timeout = \"30\"\napi_key =");
+        let e = Config::from_toml(&text, Path::new("c.toml"), &no_env).unwrap_err();
+        assert!(
+            e.to_string().contains("backends.upstream.idle_timeout"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn model_limits_inherit_and_override() {
+        let text = format!("{CONTRACT}\nmax_tokens = 100\n[limits]\nmax_messages = 3\n");
+        let c = Config::from_toml(&text, Path::new("c.toml"), &no_env).unwrap();
+        let l = c.models["mock"].limits;
+        assert_eq!(l.max_tokens, 100);
+        assert_eq!(l.default_max_tokens, 100);
+        assert_eq!(l.max_messages, 3);
+    }
+}

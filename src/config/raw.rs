@@ -1,0 +1,101 @@
+//! The config as read: every key optional where a default exists, unknown keys refused.
+//!
+//! These structs mirror the TOML one to one. They are checked and turned into the types in
+//! [`super`] by `validate`, which is the only place that decides whether a value is acceptable.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::backends::candle::CandleConfig;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub logging: RawLogging,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub backends: BTreeMap<String, RawBackend>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub shutdown_grace: Option<String>,
+    pub sse_keep_alive: Option<String>,
+    pub http2: Option<bool>,
+}
+
+/// `[admin]`: where `/metrics` is served.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+/// `[logging]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+/// `[limits]` (defaults for every model) and the per-model overrides.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_tokens: Option<u32>,
+    pub default_max_tokens: Option<u32>,
+    pub max_messages: Option<usize>,
+    pub max_prompt_bytes: Option<usize>,
+}
+
+/// `[backends.NAME]`, chosen by `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RawBackend {
+    /// Any OpenAI-compatible HTTP endpoint.
+    Openai(RawOpenAi),
+    /// A GGUF model run in-process with candle.
+    Candle(CandleConfig),
+}
+
+/// `type = "openai"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenAi {
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub total_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub pool_max_idle_per_host: Option<usize>,
+    pub http2_only: Option<bool>,
+}
+
+/// `[models.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub backend: String,
+    pub upstream_model: Option<String>,
+    #[serde(default, flatten)]
+    pub limits: RawLimits,
+}

@@ -1,0 +1,403 @@
+//! Errors as a contract.
+//!
+//! Every failure in the gateway is one [`Error`]. Each variant knows where it came from (the client,
+//! an upstream, or the gateway itself), whether another attempt could succeed, and how it is shown to
+//! a client: an HTTP status with an OpenAI error body before the first byte, or an SSE error event
+//! after it. Keeping that mapping in one table means a handler never invents a status, and internals
+//! (hostnames, file paths, upstream bodies) never leak into a response by accident.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+
+use crate::api::body::{self, Body};
+
+/// Where an error originated, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The request itself is wrong; retrying it unchanged cannot help.
+    Client,
+    /// A backend failed or refused.
+    Upstream,
+    /// The gateway itself failed or is shutting down.
+    Internal,
+}
+
+/// Which deadline an upstream call missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// The TCP/TLS connection was not established in time.
+    Connect,
+    /// The response headers or first event did not arrive in time.
+    FirstByte,
+    /// The gap between two events exceeded the idle limit.
+    Idle,
+    /// The whole exchange exceeded its total budget.
+    Total,
+}
+
+impl TimeoutPhase {
+    /// A stable label for metrics and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutPhase::Connect => "connect",
+            TimeoutPhase::FirstByte => "first_byte",
+            TimeoutPhase::Idle => "idle",
+            TimeoutPhase::Total => "total",
+        }
+    }
+}
+
+/// The gateway's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request breaks the API contract or an operating limit.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: Option<&'static str>,
+    },
+    /// The request names a model this gateway does not serve.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    /// No route for this method and path.
+    #[error("Unknown request URL: {method} {path}.")]
+    NotFound { method: String, path: String },
+    /// The path exists but not with this method.
+    #[error("Method {method} is not allowed for {path}.")]
+    MethodNotAllowed { method: String, path: String },
+    /// The request body exceeded the configured size.
+    #[error("Request body is larger than the limit of {limit} bytes.")]
+    PayloadTooLarge { limit: usize },
+    /// The body is not JSON.
+    #[error("Content-Type must be application/json.")]
+    UnsupportedMediaType,
+    /// The request body could not be read from the client.
+    #[error("The request body could not be read: {0}")]
+    BodyRead(String),
+    /// A local backend's queue is full.
+    #[error("The model `{model}` is overloaded; retry after {} s.", retry_after.as_secs().max(1))]
+    Overloaded {
+        model: String,
+        retry_after: Duration,
+    },
+    /// The backend could not be reached (connect refused, DNS, TLS).
+    #[error("The upstream for this model could not be reached.")]
+    UpstreamUnreachable { backend: String, detail: String },
+    /// The backend missed one of its deadlines.
+    #[error("The upstream for this model timed out ({}).", phase.as_str())]
+    UpstreamTimeout {
+        backend: String,
+        phase: TimeoutPhase,
+    },
+    /// The backend answered with an HTTP error status. A 4xx body is passed to the client as is.
+    #[error("The upstream answered with status {status}.")]
+    UpstreamStatus {
+        backend: String,
+        status: StatusCode,
+        body: Bytes,
+        content_type: Option<HeaderValue>,
+    },
+    /// The backend's answer could not be understood, or its stream ended badly.
+    #[error("The upstream stream failed: {detail}.")]
+    UpstreamProtocol { backend: String, detail: String },
+    /// The backend closed the stream before it finished.
+    #[error("The upstream closed the stream before it finished.")]
+    UpstreamClosed { backend: String },
+    /// The model exists but cannot serve now (not loaded, refused at load).
+    #[error("The model `{model}` is not available: {reason}")]
+    ModelUnavailable { model: String, reason: String },
+    /// The gateway is shutting down and ended this stream.
+    #[error("The server is shutting down.")]
+    ShuttingDown,
+    /// A bug or an unexpected state inside the gateway. The detail is logged, never sent.
+    #[error("Internal server error.")]
+    Internal(String),
+}
+
+/// A shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+// === impl Error ===
+
+impl Error {
+    /// A 400 naming the offending parameter.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+            code: None,
+        }
+    }
+
+    /// A 400 with a code and no parameter.
+    pub fn invalid_code(code: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            message: message.into(),
+            param: None,
+            code: Some(code),
+        }
+    }
+
+    /// The status a client sees when this error happens before the first byte.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::ModelNotFound(_) | Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            Error::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Error::UpstreamStatus { status, .. } if status.is_client_error() => *status,
+            Error::UpstreamStatus { .. } => StatusCode::BAD_GATEWAY,
+            Error::UpstreamProtocol { .. } | Error::UpstreamClosed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            Error::ModelUnavailable { .. } | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Where the error came from.
+    pub fn origin(&self) -> Origin {
+        match self {
+            Error::InvalidRequest { .. }
+            | Error::ModelNotFound(_)
+            | Error::NotFound { .. }
+            | Error::MethodNotAllowed { .. }
+            | Error::PayloadTooLarge { .. }
+            | Error::UnsupportedMediaType
+            | Error::BodyRead(_) => Origin::Client,
+            Error::UpstreamUnreachable { .. }
+            | Error::UpstreamTimeout { .. }
+            | Error::UpstreamStatus { .. }
+            | Error::UpstreamProtocol { .. }
+            | Error::UpstreamClosed { .. }
+            | Error::Overloaded { .. } => Origin::Upstream,
+            Error::ModelUnavailable { .. } | Error::ShuttingDown | Error::Internal(_) => {
+                Origin::Internal
+            }
+        }
+    }
+
+    /// Whether another attempt (elsewhere, or later) could succeed. Only meaningful before the
+    /// first byte has been sent to the client.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::UpstreamUnreachable { .. }
+            | Error::UpstreamTimeout { .. }
+            | Error::Overloaded { .. }
+            | Error::UpstreamClosed { .. } => true,
+            Error::UpstreamStatus { status, .. } => {
+                *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+            }
+            _ => false,
+        }
+    }
+
+    /// A low-cardinality label for the upstream error metric, `None` for non-upstream errors.
+    pub fn upstream_kind(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::UpstreamUnreachable { .. } => "connect",
+            Error::UpstreamTimeout { phase, .. } => match phase {
+                TimeoutPhase::Connect => "timeout_connect",
+                TimeoutPhase::FirstByte => "timeout_first_byte",
+                TimeoutPhase::Idle => "timeout_idle",
+                TimeoutPhase::Total => "timeout_total",
+            },
+            Error::UpstreamStatus { status, .. } if status.is_client_error() => "status_4xx",
+            Error::UpstreamStatus { .. } => "status_5xx",
+            Error::UpstreamProtocol { .. } => "protocol",
+            Error::UpstreamClosed { .. } => "closed",
+            Error::Overloaded { .. } => "overloaded",
+            _ => return None,
+        })
+    }
+
+    /// The OpenAI `type` field.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest { .. }
+            | Error::ModelNotFound(_)
+            | Error::NotFound { .. }
+            | Error::MethodNotAllowed { .. }
+            | Error::PayloadTooLarge { .. }
+            | Error::UnsupportedMediaType
+            | Error::BodyRead(_) => "invalid_request_error",
+            Error::Overloaded { .. } => "rate_limit_error",
+            Error::UpstreamUnreachable { .. }
+            | Error::UpstreamTimeout { .. }
+            | Error::UpstreamStatus { .. }
+            | Error::UpstreamProtocol { .. }
+            | Error::UpstreamClosed { .. } => "upstream_error",
+            Error::ModelUnavailable { .. } | Error::ShuttingDown => "service_unavailable",
+            Error::Internal(_) => "server_error",
+        }
+    }
+
+    /// The OpenAI `code` field.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::InvalidRequest { code, .. } => *code,
+            Error::ModelNotFound(_) => Some("model_not_found"),
+            Error::NotFound { .. } => Some("unknown_url"),
+            Error::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            Error::PayloadTooLarge { .. } => Some("request_too_large"),
+            Error::UnsupportedMediaType => Some("unsupported_media_type"),
+            Error::BodyRead(_) => Some("body_read_error"),
+            Error::Overloaded { .. } => Some("overloaded"),
+            Error::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
+            Error::UpstreamTimeout { .. } => Some("upstream_timeout"),
+            Error::UpstreamStatus { .. } => Some("upstream_error"),
+            Error::UpstreamProtocol { .. } => Some("upstream_protocol_error"),
+            Error::UpstreamClosed { .. } => Some("upstream_closed"),
+            Error::ModelUnavailable { .. } => Some("model_unavailable"),
+            Error::ShuttingDown => Some("shutting_down"),
+            Error::Internal(_) => Some("internal_error"),
+        }
+    }
+
+    /// The OpenAI `param` field.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Error::InvalidRequest { param, .. } => param.as_deref(),
+            Error::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// `{"error":{"message","type","param","code"}}`.
+    pub fn to_json(&self) -> Bytes {
+        let body = ErrorBody {
+            error: ErrorObject {
+                message: self.to_string(),
+                kind: self.error_type(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
+        // Serialising this struct of strings cannot fail; fall back to a fixed body rather than panic.
+        serde_json::to_vec(&body)
+            .map(Bytes::from)
+            .unwrap_or_else(|_| Bytes::from_static(br#"{"error":{"message":"Internal server error.","type":"server_error","param":null,"code":"internal_error"}}"#))
+    }
+
+    /// The SSE event that ends a stream which has already started: `data: {error json}\n\n`.
+    pub fn to_sse_event(&self) -> Bytes {
+        let json = self.to_json();
+        let mut out = Vec::with_capacity(json.len() + 8);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&json);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
+    /// The full HTTP response for this error, sent before any byte of a success.
+    pub fn into_response(self) -> http::Response<Body> {
+        if let Error::UpstreamStatus {
+            status,
+            body,
+            content_type,
+            ..
+        } = &self
+        {
+            if status.is_client_error() {
+                let mut resp = http::Response::new(body::full(body.clone()));
+                *resp.status_mut() = *status;
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    content_type
+                        .clone()
+                        .unwrap_or(HeaderValue::from_static("application/json")),
+                );
+                return resp;
+            }
+        }
+        let mut resp = http::Response::new(body::full(self.to_json()));
+        *resp.status_mut() = self.status();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Error::Overloaded { retry_after, .. } = &self {
+            let secs = retry_after.as_secs().max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_names_param_and_code() {
+        let err = Error::invalid("temperature", "temperature must be between 0 and 2");
+        let v: serde_json::Value = serde_json::from_slice(&err.to_json()).unwrap();
+        assert_eq!(v["error"]["param"], "temperature");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["code"].is_null());
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn upstream_4xx_passes_through_and_5xx_becomes_502() {
+        let four = Error::UpstreamStatus {
+            backend: "b".into(),
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: Bytes::from_static(b"{\"error\":{}}"),
+            content_type: None,
+        };
+        assert_eq!(four.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(!four.is_retryable());
+        let five = Error::UpstreamStatus {
+            backend: "b".into(),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: Bytes::new(),
+            content_type: None,
+        };
+        assert_eq!(five.status(), StatusCode::BAD_GATEWAY);
+        assert!(five.is_retryable());
+    }
+
+    #[test]
+    fn overloaded_sets_retry_after() {
+        let resp = Error::Overloaded {
+            model: "m".into(),
+            retry_after: Duration::from_secs(2),
+        }
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn sse_event_is_one_data_frame() {
+        let ev = Error::ShuttingDown.to_sse_event();
+        assert!(ev.starts_with(b"data: {\"error\""));
+        assert!(ev.ends_with(b"\n\n"));
+    }
+}

@@ -1,0 +1,14 @@
+//! Sluice: a low-latency LLM inference gateway.
+//!
+//! A request passes through [`stack`] (request ids, metrics), is decoded and checked against the
+//! model's operating limits in [`api::validate`], is answered by a [`backends::Backend`] as a stream
+//! of deltas, and goes back to the client as SSE or as one JSON document rendered from the same
+//! deltas. [`server`] owns the sockets, the connection cap and graceful shutdown.
+
+pub mod api;
+pub mod backends;
+pub mod config;
+pub mod error;
+pub mod metrics;
+
+pub use error::{Error, Result};
