@@ -12,3 +12,10 @@ pub mod error;
 pub mod metrics;
 
 pub use error::{Error, Result};
+pub mod handlers;
+pub mod layers;
+pub mod server;
+pub mod shutdown;
+pub mod stack;
+pub mod state;
+pub mod telemetry;

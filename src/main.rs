@@ -1,1 +1,128 @@
-fn main() {}
+//! The `sluice` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use sluice::config::{Config, LogFormat, DEFAULT_PATH};
+use sluice::metrics::Metrics;
+use sluice::server::Gateway;
+
+/// A low-latency LLM inference gateway.
+#[derive(Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default when no command is given).
+    Serve(ServeArgs),
+    /// Work with config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// The config file.
+    #[arg(long, short, default_value = DEFAULT_PATH, env = "SLUICE_CONFIG")]
+    config: PathBuf,
+    /// Log format; overrides `[logging] format`.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate a config file; exit non-zero with the reason when it is wrong.
+    Check {
+        /// The config file.
+        path: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs {
+        config: std::env::var_os("SLUICE_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH)),
+        log_format: None,
+    }));
+    match command {
+        Command::Config(ConfigCommand::Check { path }) => match Config::load(&path) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} backend(s), {} model(s))",
+                    path.display(),
+                    c.backends.len(),
+                    c.models.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let format = match args.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Pretty) => LogFormat::Pretty,
+        None => config.logging.format,
+    };
+    sluice::telemetry::init(format, &config.logging.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let backends = sluice::backends::build(&config, &metrics).await?;
+    let gateway = Gateway::bind(&config, backends, metrics).await?;
+    tracing::info!(
+        listen = %gateway.local_addr(),
+        admin = ?gateway.admin_addr(),
+        models = ?config.models.keys().collect::<Vec<_>>(),
+        config = %config.source.display(),
+        "sluice is serving"
+    );
+    gateway.serve(sluice::shutdown::os_signal()).await
+}

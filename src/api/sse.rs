@@ -206,6 +206,11 @@ impl Collector {
         self.usage = Some(usage);
     }
 
+    /// The usage recorded, if any.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
     /// The text of choice 0 so far.
     pub fn text(&self) -> &str {
         self.choices

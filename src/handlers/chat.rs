@@ -1,0 +1,277 @@
+//! `POST /v1/chat/completions`.
+//!
+//! One path for every response: the request is read (bounded), decoded and checked, the backend
+//! returns a stream of deltas, and that stream is either framed as SSE as it arrives or collected
+//! into one JSON document. Errors before the first byte become a status and an OpenAI error body;
+//! errors after it become an SSE error event and the stream ends without `[DONE]`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Limited, StreamBody};
+
+use super::record::{Outcome, RequestRecord};
+use crate::api::body::{self, Body};
+use crate::api::sse::{ChunkEncoder, Collector, DONE, KEEP_ALIVE};
+use crate::api::types::{BackendEvent, ChatRequest, ChoiceDelta};
+use crate::api::validate;
+use crate::backends::{BackendRequest, EventStream};
+use crate::error::Error;
+use crate::layers::request_id::RequestId;
+use crate::state::{AppState, Route};
+
+/// A request that passed every check and has a backend stream open.
+struct Accepted {
+    route: Route,
+    request: ChatRequest,
+    stream: EventStream,
+}
+
+/// Handles one chat request.
+pub async fn handle<B>(state: Arc<AppState>, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let start = Instant::now();
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let mut record = RequestRecord::new(state.metrics.clone(), request_id.clone(), start);
+    match accept(&state, req, request_id, &mut record).await {
+        Err(err) => {
+            record.reject(&err);
+            log_rejection(&err);
+            err.into_response()
+        }
+        Ok(accepted) if accepted.request.is_stream() => stream(state, accepted, record),
+        Ok(accepted) => collect(state, accepted, record).await,
+    }
+}
+
+fn log_rejection(err: &Error) {
+    match err {
+        Error::Internal(detail) => tracing::error!(%detail, "internal error"),
+        Error::UpstreamUnreachable { backend, detail } => {
+            tracing::warn!(%backend, %detail, "upstream unreachable")
+        }
+        _ => {}
+    }
+}
+
+/// Reads, decodes and checks the request, then opens the backend stream.
+async fn accept<B>(
+    state: &AppState,
+    req: Request<B>,
+    request_id: String,
+    record: &mut RequestRecord,
+) -> Result<Accepted, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        if !ct.starts_with("application/json") {
+            return Err(Error::UnsupportedMediaType);
+        }
+    }
+    let limit = state.server.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::PayloadTooLarge { limit });
+    }
+    let bytes = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Error::PayloadTooLarge { limit }
+            } else {
+                Error::BodyRead(e.to_string())
+            }
+        })?
+        .to_bytes();
+
+    let mut request = validate::decode(&bytes)?;
+    let route = state
+        .routes
+        .get(&request.model)
+        .cloned()
+        .ok_or_else(|| Error::ModelNotFound(request.model.clone()))?;
+    record.model = route.model.name.clone();
+    record.backend = route.backend.name().to_owned();
+    record.stream = request.is_stream();
+    validate::check(&mut request, &route.model.limits)?;
+    if state.shutdown.is_draining() {
+        return Err(Error::ShuttingDown);
+    }
+
+    let waited = Instant::now();
+    let opened = route
+        .backend
+        .chat(BackendRequest {
+            model: route.model.clone(),
+            request: request.clone(),
+            request_id,
+        })
+        .await;
+    record.backend_wait += waited.elapsed();
+    Ok(Accepted {
+        route,
+        request,
+        stream: opened?,
+    })
+}
+
+fn new_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn carries_output(d: &ChoiceDelta) -> bool {
+    d.content.as_deref().is_some_and(|c| !c.is_empty()) || !d.extra.is_empty()
+}
+
+/// Frames the backend's events as SSE while they arrive.
+fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -> Response<Body> {
+    let Accepted {
+        route,
+        request,
+        stream: mut events,
+    } = accepted;
+    let encoder = ChunkEncoder::new(
+        new_id(),
+        unix_now(),
+        route.model.name.clone(),
+        request.include_usage(),
+    );
+    let keep_alive = state.server.sse_keep_alive;
+    let shutdown = state.shutdown.clone();
+    record.outcome = Outcome::ClientClosed;
+
+    let frames = async_stream::stream! {
+        let mut record = record;
+        let stop = shutdown.hard_stopped();
+        tokio::pin!(stop);
+        let mut usage = None;
+        loop {
+            let waited = Instant::now();
+            let next = tokio::select! {
+                biased;
+                _ = &mut stop => {
+                    let err = Error::ShuttingDown;
+                    record.stream_error(&err);
+                    yield Ok::<_, Infallible>(Frame::data(err.to_sse_event()));
+                    break;
+                }
+                ev = events.next() => ev,
+                _ = tokio::time::sleep(keep_alive) => {
+                    record.backend_wait += waited.elapsed();
+                    yield Ok(Frame::data(Bytes::from_static(KEEP_ALIVE)));
+                    continue;
+                }
+            };
+            record.backend_wait += waited.elapsed();
+            match next {
+                Some(Ok(BackendEvent::Delta(d))) => {
+                    if carries_output(&d) {
+                        record.token(Instant::now());
+                    }
+                    yield Ok(Frame::data(encoder.delta(&d)));
+                }
+                Some(Ok(BackendEvent::Usage(u))) => usage = Some(u),
+                Some(Err(err)) => {
+                    record.stream_error(&err);
+                    yield Ok(Frame::data(err.to_sse_event()));
+                    break;
+                }
+                None => {
+                    record.usage = usage;
+                    record.outcome = Outcome::Ok;
+                    if let (true, Some(u)) = (request.include_usage(), usage) {
+                        yield Ok(Frame::data(encoder.usage(&u)));
+                    }
+                    yield Ok(Frame::data(Bytes::from_static(DONE)));
+                    break;
+                }
+            }
+        }
+        // Dropping the backend stream here (or when the client goes away and this generator is
+        // dropped) cancels the upstream request or the local generation.
+        drop(events);
+    };
+
+    let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// Collects the backend's events into one `chat.completion`.
+async fn collect(
+    state: Arc<AppState>,
+    accepted: Accepted,
+    mut record: RequestRecord,
+) -> Response<Body> {
+    let Accepted {
+        route,
+        stream: mut events,
+        ..
+    } = accepted;
+    let mut collector = Collector::new();
+    let stop = state.shutdown.hard_stopped();
+    tokio::pin!(stop);
+    loop {
+        let waited = Instant::now();
+        let next = tokio::select! {
+            biased;
+            _ = &mut stop => Some(Err(Error::ShuttingDown)),
+            ev = events.next() => ev,
+        };
+        record.backend_wait += waited.elapsed();
+        match next {
+            Some(Ok(BackendEvent::Delta(d))) => {
+                if record.ttft.is_none() && carries_output(&d) {
+                    record.token(Instant::now());
+                }
+                collector.push(d);
+            }
+            Some(Ok(BackendEvent::Usage(u))) => collector.set_usage(u),
+            Some(Err(err)) => {
+                record.reject(&err);
+                return err.into_response();
+            }
+            None => break,
+        }
+    }
+    drop(events);
+    record.usage = collector.usage();
+    record.outcome = Outcome::Ok;
+    let json = collector.finish(&new_id(), unix_now(), &route.model.name);
+    body::json_response(StatusCode::OK, json)
+}

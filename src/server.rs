@@ -1,0 +1,211 @@
+//! Sockets: the accept loops, the connection cap, and graceful shutdown.
+//!
+//! Each accepted connection is served by hyper's auto builder (HTTP/1.1 with keep-alive, and h2c
+//! by prior knowledge when enabled). A semaphore caps open connections: when it is exhausted the
+//! loop stops accepting and further clients wait in the kernel's backlog rather than being served
+//! badly. On shutdown the listeners close first, in-flight requests run on for the grace period,
+//! then every stream still open is ended with an SSE error event and the connections close.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::backends::Backends;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::stack;
+use crate::state::AppState;
+
+/// How long connections get to close after the hard stop, before the server returns anyway.
+const CLOSE_AFTER_HARD_STOP: Duration = Duration::from_secs(5);
+
+/// A bound, not yet serving, gateway.
+pub struct Gateway {
+    api: TcpListener,
+    admin: Option<TcpListener>,
+    state: Arc<AppState>,
+    shutdown: Shutdown,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Binds the listeners. Port 0 picks a free port; read it back with [`Gateway::local_addr`].
+    pub async fn bind(
+        config: &Config,
+        backends: Backends,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Gateway> {
+        let (shutdown, signal) = Shutdown::new();
+        let state = Arc::new(AppState::new(config, backends, metrics, signal)?);
+        let api = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding admin listener {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Gateway {
+            api,
+            admin,
+            state,
+            shutdown,
+        })
+    }
+
+    /// The API listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.api
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The admin listener's address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully.
+    pub async fn serve(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Gateway {
+            api,
+            admin,
+            state,
+            shutdown,
+        } = self;
+        let server = state.server.clone();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let builder = if server.http2 {
+            builder
+        } else {
+            builder.http1_only()
+        };
+        let graceful = GracefulShutdown::new();
+        let cap = Arc::new(Semaphore::new(server.max_connections));
+
+        let api_loop = accept_loop(
+            api,
+            TowerToHyperService::new(stack::api(state.clone())),
+            &builder,
+            &graceful,
+            cap.clone(),
+        );
+        let admin_loop = async {
+            match admin {
+                Some(listener) => {
+                    accept_loop(
+                        listener,
+                        TowerToHyperService::new(stack::admin(state.clone())),
+                        &builder,
+                        &graceful,
+                        cap.clone(),
+                    )
+                    .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = signal => {}
+            _ = api_loop => {}
+            _ = admin_loop => {}
+        }
+
+        // The listeners were dropped with the loops: no new connections from here on.
+        shutdown.drain();
+        tracing::info!(
+            in_flight = state.in_flight.current(),
+            grace_s = server.shutdown_grace.as_secs_f64(),
+            "shutting down: draining in-flight requests"
+        );
+        let closing = graceful.shutdown();
+        tokio::pin!(closing);
+        if tokio::time::timeout(server.shutdown_grace, &mut closing)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = state.in_flight.current(),
+                "grace period over: ending open streams"
+            );
+            shutdown.hard_stop();
+            if tokio::time::timeout(CLOSE_AFTER_HARD_STOP, &mut closing)
+                .await
+                .is_err()
+            {
+                tracing::warn!("connections still open after the hard stop; closing them");
+            }
+        }
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Accepts connections until the future is dropped.
+async fn accept_loop<S>(
+    listener: TcpListener,
+    service: S,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    cap: Arc<Semaphore>,
+) where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::api::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        let Ok(permit) = cap.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and similar: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service.clone())
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
