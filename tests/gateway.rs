@@ -1,4 +1,5 @@
 //! End-to-end tests of the serving core against a real gateway on port 0 with scripted backends.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
