@@ -1,0 +1,96 @@
+//! Real clients against the gateway: the official `openai` Python SDK, and `promtool` checking the
+//! metrics exposition. Both must be installed (`.ci/run` installs them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs the SDK script against `base_url` on a blocking thread, returning its JSON report.
+pub async fn run_sdk(base_url: String, model: &str) -> serde_json::Value {
+    let model = model.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/sdk/openai_client.py"
+            ))
+            .arg(base_url)
+            .arg(model)
+            .output()
+            .expect("python3 must be installed")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "SDK script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn openai_sdk_streams_and_collects() {
+    let backend = ScriptedBackend::new("b", vec![hello_script(), hello_script()]);
+    let gw = TestGateway::scripted(backend).await;
+    let report = run_sdk(gw.url("/v1"), "m").await;
+    assert_eq!(report["non_stream"]["text"], "Hello, world");
+    assert_eq!(report["non_stream"]["finish_reason"], "stop");
+    assert_eq!(report["non_stream"]["usage"]["total_tokens"], 8);
+    assert_eq!(report["stream"]["text"], "Hello, world");
+    assert_eq!(report["stream"]["finish_reason"], "stop");
+    assert_eq!(report["stream"]["usage"]["completion_tokens"], 3);
+    assert_eq!(report["not_found"]["status"], 404);
+    assert_eq!(report["not_found"]["code"], "model_not_found");
+    assert_eq!(report["bad_request"]["status"], 400);
+    assert_eq!(report["bad_request"]["param"], "temperature");
+    assert_eq!(report["models"][0], "m");
+    gw.idle().await;
+}
+
+#[tokio::test]
+async fn promtool_accepts_the_metrics() {
+    let backend = ScriptedBackend::new(
+        "b",
+        vec![
+            hello_script(),
+            Script::Refuse(sluice::Error::UpstreamUnreachable {
+                backend: "b".into(),
+                detail: "x".into(),
+            }),
+        ],
+    );
+    let gw = TestGateway::scripted(backend).await;
+    assert_eq!(chat(&gw, &chat_body(true)).await.status, 200);
+    assert_eq!(chat(&gw, &chat_body(false)).await.status, 502);
+    gw.idle().await;
+    let text = send("GET", &gw.url("/metrics"), &[], "").await.body;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool must be installed (Debian package `prometheus`)");
+        child.stdin.take().unwrap().write_all(&text).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool failed: {report}");
+    assert!(report.trim().is_empty(), "promtool reported: {report}");
+}
