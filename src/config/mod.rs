@@ -477,3 +477,16 @@ backend = "upstream"
         assert_eq!(l.max_messages, 3);
     }
 }
+#[cfg(test)]
+mod unknown_keys {
+    use super::*;
+    #[test]
+    fn unknown_keys_in_models_and_backends_are_refused() {
+        let t = "[backends.b]\ntype=\"openai\"\nbase_url=\"http://x/v1\"\n[models.m]\nbackend=\"b\"\nmax_tokenz=3\n";
+        let e = Config::from_toml(t, Path::new("c.toml"), &|_| None).unwrap_err();
+        assert!(e.to_string().contains("max_tokenz"));
+        let t = "[backends.b]\ntype=\"openai\"\nbase_url=\"http://x/v1\"\nbogus=1\n[models.m]\nbackend=\"b\"\n";
+        let e = Config::from_toml(t, Path::new("c.toml"), &|_| None).unwrap_err();
+        assert!(e.to_string().contains("bogus"));
+    }
+}
