@@ -78,6 +78,19 @@ pub enum Error {
     /// The request body could not be read from the client.
     #[error("The request body could not be read: {0}")]
     BodyRead(String),
+    /// No API key, or one the gateway does not know.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The key is valid but may not do this.
+    #[error("{message}")]
+    Forbidden { message: String, code: &'static str },
+    /// A rate limit refused the request.
+    #[error("Rate limit reached ({kind}); retry after {} s.", retry_after.as_secs_f64().ceil().max(1.0))]
+    RateLimited {
+        kind: &'static str,
+        retry_after: Duration,
+        headers: Box<http::HeaderMap>,
+    },
     /// A local backend's queue is full.
     #[error("The model `{model}` is overloaded; retry after {} s.", retry_after.as_secs().max(1))]
     Overloaded {
@@ -162,6 +175,9 @@ impl Error {
             Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Error::ModelNotFound(_) | Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::BodyRead(_) => StatusCode::BAD_REQUEST,
@@ -187,6 +203,9 @@ impl Error {
             | Error::MethodNotAllowed { .. }
             | Error::PayloadTooLarge { .. }
             | Error::UnsupportedMediaType
+            | Error::Unauthorized(_)
+            | Error::Forbidden { .. }
+            | Error::RateLimited { .. }
             | Error::BodyRead(_) => Origin::Client,
             Error::UpstreamUnreachable { .. }
             | Error::UpstreamTimeout { .. }
@@ -244,7 +263,9 @@ impl Error {
             | Error::PayloadTooLarge { .. }
             | Error::UnsupportedMediaType
             | Error::BodyRead(_) => "invalid_request_error",
-            Error::Overloaded { .. } => "rate_limit_error",
+            Error::Unauthorized(_) => "authentication_error",
+            Error::Forbidden { .. } => "permission_error",
+            Error::Overloaded { .. } | Error::RateLimited { .. } => "rate_limit_error",
             Error::UpstreamUnreachable { .. }
             | Error::UpstreamTimeout { .. }
             | Error::UpstreamStatus { .. }
@@ -265,6 +286,9 @@ impl Error {
             Error::PayloadTooLarge { .. } => Some("request_too_large"),
             Error::UnsupportedMediaType => Some("unsupported_media_type"),
             Error::BodyRead(_) => Some("body_read_error"),
+            Error::Unauthorized(_) => Some("invalid_api_key"),
+            Error::Forbidden { code, .. } => Some(code),
+            Error::RateLimited { .. } => Some("rate_limit_exceeded"),
             Error::Overloaded { .. } => Some("overloaded"),
             Error::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
             Error::UpstreamTimeout { .. } => Some("upstream_timeout"),
@@ -339,6 +363,15 @@ impl Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Error::RateLimited { headers, .. } = &self {
+            for (k, v) in headers.iter() {
+                resp.headers_mut().insert(k.clone(), v.clone());
+            }
+        }
+        if let Error::Unauthorized(_) = &self {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Error::Overloaded { retry_after, .. } = &self {
             let secs = retry_after.as_secs().max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

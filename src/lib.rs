@@ -6,6 +6,7 @@
 //! deltas. [`server`] owns the sockets, the connection cap and graceful shutdown.
 
 pub mod api;
+pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub use error::{Error, Result};
 pub mod handlers;
 pub mod layers;
+pub mod limits;
 pub mod server;
 pub mod shutdown;
 pub mod stack;

@@ -25,6 +25,15 @@ enum Command {
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Work with API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the SHA-256 to put in `[keys.NAME] sha256` for a key read from standard input.
+    Hash,
 }
 
 #[derive(clap::Args, Default)]
@@ -77,6 +86,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => serve(args),
+        Command::Keys(KeysCommand::Hash) => {
+            let mut key = String::new();
+            if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
+                eprintln!("error: write the key on standard input");
+                return ExitCode::from(2);
+            }
+            println!("{}", sluice::auth::hash_hex(key.trim()));
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -117,6 +135,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let backends = sluice::backends::build(&config, &metrics).await?;
     let gateway = Gateway::bind(&config, backends, metrics).await?;
+    if config.keys.is_empty() {
+        tracing::warn!("no [keys] configured: the API is open to anyone who can reach it");
+    }
     tracing::info!(
         listen = %gateway.local_addr(),
         admin = ?gateway.admin_addr(),

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Streams that ended before completing, by reason (error, client_closed, shutdown).
     pub streams_aborted: IntCounterVec,
+    /// 429s from rate limits, by limit kind and key name.
+    pub rate_limited: IntCounterVec,
     /// Local models: time a request waited for a generation slot.
     pub local_queue_wait: HistogramVec,
     /// Local models: requests waiting now.
@@ -123,6 +125,11 @@ impl Metrics {
                 "Streams that ended before completing, by reason.",
                 &["model", "reason"],
             ),
+            rate_limited: counter(
+                "sluice_rate_limited_total",
+                "Requests refused by a rate limit, by limit kind and key name.",
+                &["kind", "key"],
+            ),
             local_queue_wait: histogram(
                 "sluice_local_queue_wait_seconds",
                 "Time a request waited for a local generation slot.",
@@ -177,6 +184,7 @@ impl Metrics {
             Box::new(m.upstream_errors.clone()),
             Box::new(m.in_flight.clone()),
             Box::new(m.streams_aborted.clone()),
+            Box::new(m.rate_limited.clone()),
             Box::new(m.local_queue_wait.clone()),
             Box::new(m.local_queue_depth.clone()),
             Box::new(m.local_prefill_rate.clone()),

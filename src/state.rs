@@ -6,8 +6,10 @@ use std::sync::Arc;
 use prometheus::IntGauge;
 use tokio::sync::watch;
 
+use crate::auth::KeyRing;
 use crate::backends::{Backend, Backends};
 use crate::config::{Config, ModelConfig, ServerConfig};
+use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::shutdown::ShutdownSignal;
 
@@ -24,6 +26,8 @@ pub struct AppState {
     pub routes: BTreeMap<String, Route>,
     pub backends: Backends,
     pub metrics: Arc<Metrics>,
+    pub keys: KeyRing,
+    pub limits: RateLimits,
     pub in_flight: InFlight,
     pub shutdown: ShutdownSignal,
     pub server: ServerConfig,
@@ -56,6 +60,8 @@ impl AppState {
         Ok(AppState {
             routes,
             backends,
+            keys: KeyRing::new(config),
+            limits: RateLimits::new(config, metrics.rate_limited.clone()),
             metrics,
             in_flight,
             shutdown,

@@ -94,3 +94,61 @@ async fn promtool_accepts_the_metrics() {
     assert!(out.status.success(), "promtool failed: {report}");
     assert!(report.trim().is_empty(), "promtool reported: {report}");
 }
+
+#[tokio::test]
+async fn openai_sdk_retries_a_429_and_succeeds_when_the_window_passes() {
+    let config = format!(
+        "{}\n[keys.sdk]\nsha256 = \"{}\"\nrequests_per_minute = 6\n",
+        scripted_config(""),
+        sluice::auth::hash_hex("sk-sdk")
+    );
+    let gw = TestGateway::start(&config, vec![ScriptedBackend::new("b", vec![])]).await;
+    // Spend the whole burst so the SDK's first attempt is refused.
+    let mut refused = false;
+    for _ in 0..200 {
+        let r = send(
+            "POST",
+            &gw.url("/v1/chat/completions"),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer sk-sdk"),
+            ],
+            chat_body(false).to_string(),
+        )
+        .await;
+        if r.status == 429 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the burst never ran out");
+    let refusals = || {
+        gw.metrics
+            .rate_limited
+            .with_label_values(&["key_requests", "sdk"])
+            .get()
+    };
+    assert_eq!(refusals(), 1);
+    let base = gw.url("/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/sdk/openai_client.py"
+            ))
+            .args(["retry", &base, "m", "sk-sdk"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["text"], "Hello, world");
+    // The SDK's first attempt was refused, and its own retry, after `retry-after-ms`, succeeded.
+    assert!(refusals() >= 2, "the SDK was never refused: {}", refusals());
+}

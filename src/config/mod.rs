@@ -9,8 +9,9 @@
 pub mod env;
 pub mod raw;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,8 +38,58 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub backends: BTreeMap<String, BackendConfig>,
     pub models: BTreeMap<String, ModelConfig>,
+    /// Limits across all callers and models.
+    pub rate_limits: RateLimitConfig,
+    /// Client API keys; none means the gateway is open.
+    pub keys: Vec<KeyConfig>,
+    /// Keys for the admin API.
+    pub admin_keys: Vec<AdminKeyConfig>,
     /// The file this came from, for messages.
     pub source: PathBuf,
+}
+
+/// Rate limits of one scope (global, a model, a key).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub requests_per_minute: Option<NonZeroU32>,
+    pub tokens_per_minute: Option<u64>,
+    /// Concurrent requests (keys only).
+    pub max_concurrent: Option<usize>,
+}
+
+/// A client API key. Only its hash is known to the gateway.
+#[derive(Clone)]
+pub struct KeyConfig {
+    pub name: String,
+    pub sha256: [u8; 32],
+    /// Models this key may use; `None` allows all.
+    pub models: Option<BTreeSet<String>>,
+    pub rate_limits: RateLimitConfig,
+}
+
+impl std::fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("name", &self.name)
+            .field("models", &self.models)
+            .field("rate_limits", &self.rate_limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An admin API key.
+#[derive(Clone)]
+pub struct AdminKeyConfig {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminKeyConfig")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[server]`, checked.
@@ -145,6 +196,7 @@ pub struct ModelConfig {
     /// The model name sent upstream.
     pub upstream_model: String,
     pub limits: ModelLimits,
+    pub rate_limits: RateLimitConfig,
 }
 
 /// The path used when `--config` is not given.
@@ -317,6 +369,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
             ));
         }
         let limits = limits(&key, &raw.limits, &m.limits)?;
+        let rate_limits = rate_limits(&key, m.requests_per_minute, m.tokens_per_minute, None)?;
         models.insert(
             name.clone(),
             ModelConfig {
@@ -324,8 +377,57 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
                 name,
                 backend: m.backend,
                 limits,
+                rate_limits,
             },
         );
+    }
+    let global = rate_limits(
+        "rate_limits",
+        raw.rate_limits.requests_per_minute,
+        raw.rate_limits.tokens_per_minute,
+        None,
+    )?;
+    let mut keys = Vec::new();
+    let mut seen = BTreeMap::new();
+    for (name, k) in raw.keys {
+        let key = format!("keys.{name}");
+        let sha256 = sha256_hex(&format!("{key}.sha256"), &k.sha256)?;
+        if let Some(other) = seen.insert(sha256, name.clone()) {
+            return Err(format!("`{key}.sha256` is the same key as `keys.{other}`"));
+        }
+        let allowed = match k.models {
+            None => None,
+            Some(list) => {
+                for m in &list {
+                    if !models.contains_key(m) {
+                        return Err(format!("`{key}.models`: no model named `{m}`"));
+                    }
+                }
+                Some(list.into_iter().collect())
+            }
+        };
+        keys.push(KeyConfig {
+            rate_limits: rate_limits(
+                &key,
+                k.requests_per_minute,
+                k.tokens_per_minute,
+                k.max_concurrent,
+            )?,
+            name,
+            sha256,
+            models: allowed,
+        });
+    }
+    let mut admin_keys = Vec::new();
+    for (name, k) in raw.admin_keys {
+        let key = format!("admin_keys.{name}");
+        let sha256 = sha256_hex(&format!("{key}.sha256"), &k.sha256)?;
+        if seen.contains_key(&sha256) {
+            return Err(format!(
+                "`{key}.sha256` is also a client key; admin keys must differ"
+            ));
+        }
+        admin_keys.push(AdminKeyConfig { name, sha256 });
     }
     if models.is_empty() {
         return Err("no `[models.NAME]` declared: the gateway would serve nothing".into());
@@ -337,8 +439,55 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
         logging,
         backends,
         models,
+        rate_limits: global,
+        keys,
+        admin_keys,
         source: path.to_path_buf(),
     })
+}
+
+fn rate_limits(
+    key: &str,
+    rpm: Option<u32>,
+    tpm: Option<u64>,
+    concurrent: Option<usize>,
+) -> Result<RateLimitConfig, String> {
+    let requests_per_minute = match rpm {
+        None => None,
+        Some(n) => Some(
+            NonZeroU32::new(n)
+                .ok_or_else(|| format!("`{key}.requests_per_minute` must be at least 1"))?,
+        ),
+    };
+    if tpm == Some(0) {
+        return Err(format!("`{key}.tokens_per_minute` must be at least 1"));
+    }
+    if concurrent == Some(0) {
+        return Err(format!("`{key}.max_concurrent` must be at least 1"));
+    }
+    Ok(RateLimitConfig {
+        requests_per_minute,
+        tokens_per_minute: tpm,
+        max_concurrent: concurrent,
+    })
+}
+
+/// Parses a hex SHA-256 digest.
+fn sha256_hex(key: &str, hex: &str) -> Result<[u8; 32], String> {
+    let hex = hex.trim();
+    let bad = || {
+        format!(
+            "`{key}` must be 64 hex digits (the SHA-256 of the key, e.g. from `sluice keys hash`)"
+        )
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
 }
 
 fn openai(key: &str, o: raw::RawOpenAi) -> Result<OpenAiConfig, String> {

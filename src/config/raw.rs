@@ -25,6 +25,38 @@ pub struct RawConfig {
     pub backends: BTreeMap<String, RawBackend>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
+    #[serde(default)]
+    pub rate_limits: RawRateLimits,
+    #[serde(default)]
+    pub keys: BTreeMap<String, RawKey>,
+    #[serde(default)]
+    pub admin_keys: BTreeMap<String, RawAdminKey>,
+}
+
+/// `[rate_limits]`: limits across all callers and models.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// `[keys.NAME]`: a client API key, by the SHA-256 of its value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub sha256: String,
+    pub models: Option<Vec<String>>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub max_concurrent: Option<usize>,
+}
+
+/// `[admin_keys.NAME]`: a key for the admin API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminKey {
+    pub sha256: String,
 }
 
 /// `[server]`.
@@ -96,6 +128,8 @@ pub struct RawOpenAi {
 pub struct RawModel {
     pub backend: String,
     pub upstream_model: Option<String>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
     #[serde(default, flatten)]
     pub limits: RawLimits,
 }

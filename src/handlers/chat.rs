@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited, StreamBody};
 
@@ -20,9 +20,11 @@ use crate::api::body::{self, Body};
 use crate::api::sse::{ChunkEncoder, Collector, DONE, KEEP_ALIVE};
 use crate::api::types::{BackendEvent, ChatRequest, ChoiceDelta};
 use crate::api::validate;
+use crate::auth::Caller;
 use crate::backends::{BackendRequest, EventStream};
 use crate::error::Error;
 use crate::layers::request_id::RequestId;
+use crate::limits::estimate_prompt_tokens;
 use crate::state::{AppState, Route};
 
 /// A request that passed every check and has a backend stream open.
@@ -30,6 +32,8 @@ struct Accepted {
     route: Route,
     request: ChatRequest,
     stream: EventStream,
+    /// `x-ratelimit-*` headers for the response.
+    rate_headers: HeaderMap,
 }
 
 /// Handles one chat request.
@@ -83,6 +87,12 @@ where
             return Err(Error::UnsupportedMediaType);
         }
     }
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller(None));
+    record.key = caller.name().map(str::to_owned);
     let limit = state.server.max_body_bytes;
     let declared = req
         .headers()
@@ -115,10 +125,23 @@ where
     record.model = route.model.name.clone();
     record.backend = route.backend.name().to_owned();
     record.stream = request.is_stream();
+    if !caller.may_use(&route.model.name) {
+        return Err(Error::Forbidden {
+            message: format!("This API key may not use the model `{}`.", route.model.name),
+            code: "model_not_allowed",
+        });
+    }
     validate::check(&mut request, &route.model.limits)?;
     if state.shutdown.is_draining() {
         return Err(Error::ShuttingDown);
     }
+    let admission = state.limits.admit(
+        caller.name(),
+        &route.model.name,
+        estimate_prompt_tokens(&request),
+    )?;
+    let rate_headers = admission.headers.clone();
+    record.admission = Some(admission);
 
     let waited = Instant::now();
     let opened = route
@@ -134,6 +157,7 @@ where
         route,
         request,
         stream: opened?,
+        rate_headers,
     })
 }
 
@@ -158,6 +182,7 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
         route,
         request,
         stream: mut events,
+        rate_headers,
     } = accepted;
     let encoder = ChunkEncoder::new(
         new_id(),
@@ -195,7 +220,7 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
             match next {
                 Some(Ok(BackendEvent::Delta(d))) => {
                     if carries_output(&d) {
-                        record.token(Instant::now());
+                        record.token(Instant::now(), &d);
                     }
                     yield Ok(Frame::data(encoder.delta(&d)));
                 }
@@ -229,6 +254,7 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.extend(rate_headers);
     resp
 }
 
@@ -241,6 +267,7 @@ async fn collect(
     let Accepted {
         route,
         stream: mut events,
+        rate_headers,
         ..
     } = accepted;
     let mut collector = Collector::new();
@@ -256,15 +283,17 @@ async fn collect(
         record.backend_wait += waited.elapsed();
         match next {
             Some(Ok(BackendEvent::Delta(d))) => {
-                if record.ttft.is_none() && carries_output(&d) {
-                    record.token(Instant::now());
+                if carries_output(&d) {
+                    record.token(Instant::now(), &d);
                 }
                 collector.push(d);
             }
             Some(Ok(BackendEvent::Usage(u))) => collector.set_usage(u),
             Some(Err(err)) => {
                 record.reject(&err);
-                return err.into_response();
+                let mut resp = err.into_response();
+                resp.headers_mut().extend(rate_headers);
+                return resp;
             }
             None => break,
         }
@@ -273,5 +302,7 @@ async fn collect(
     record.usage = collector.usage();
     record.outcome = Outcome::Ok;
     let json = collector.finish(&new_id(), unix_now(), &route.model.name);
-    body::json_response(StatusCode::OK, json)
+    let mut resp = body::json_response(StatusCode::OK, json);
+    resp.headers_mut().extend(rate_headers);
+    resp
 }

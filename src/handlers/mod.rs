@@ -14,6 +14,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::api::body::{self, Body};
+use crate::auth::Caller;
 use crate::backends::Readiness;
 use crate::error::Error;
 use crate::state::AppState;
@@ -99,17 +100,25 @@ where
     }
     match path.as_str() {
         "/v1/chat/completions" | "/chat/completions" => chat::handle(state, req).await,
-        "/v1/models" | "/models" => models(&state),
+        "/v1/models" | "/models" => {
+            let caller = req
+                .extensions()
+                .get::<Caller>()
+                .cloned()
+                .unwrap_or(Caller(None));
+            models(&state, &caller)
+        }
         "/healthz" => body::json_response(StatusCode::OK, r#"{"status":"ok"}"#),
         "/readyz" => readyz(&state).await,
         _ => metrics(&state),
     }
 }
 
-fn models(state: &AppState) -> Response<Body> {
+fn models(state: &AppState, caller: &Caller) -> Response<Body> {
     let data: Vec<_> = state
         .routes
         .values()
+        .filter(|r| caller.may_use(&r.model.name))
         .map(|r| {
             json!({
                 "id": r.model.name,

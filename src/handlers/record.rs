@@ -8,8 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::api::types::Usage;
+use crate::api::types::{ChoiceDelta, Usage};
 use crate::error::Error;
+use crate::limits::Admission;
 use crate::metrics::Metrics;
 
 /// How a request ended.
@@ -57,6 +58,14 @@ pub struct RequestRecord {
     last_token: Option<Instant>,
     pub usage: Option<Usage>,
     error_code: Option<String>,
+    /// The key's name (never the key).
+    pub key: Option<String>,
+    /// Rate-limit account to settle when the request ends.
+    pub admission: Option<Admission>,
+    /// Bytes of content sent, to estimate completion tokens when a stream is cut short.
+    content_bytes: usize,
+    /// Content events sent, the lower bound of completion tokens for a cut stream.
+    content_events: u64,
 }
 
 // === impl RequestRecord ===
@@ -78,6 +87,10 @@ impl RequestRecord {
             last_token: None,
             usage: None,
             error_code: None,
+            key: None,
+            admission: None,
+            content_bytes: 0,
+            content_events: 0,
         }
     }
 
@@ -114,7 +127,9 @@ impl RequestRecord {
     }
 
     /// Marks content sent to the client now: TTFT the first time, inter-token gap after.
-    pub fn token(&mut self, now: Instant) {
+    pub fn token(&mut self, now: Instant, delta: &ChoiceDelta) {
+        self.content_bytes += delta.content.as_ref().map_or(0, String::len);
+        self.content_events += 1;
         match self.last_token {
             None => self.ttft = Some(now - self.start),
             Some(prev) => self
@@ -126,8 +141,25 @@ impl RequestRecord {
         self.last_token = Some(now);
     }
 
+    /// Completion tokens: the backend's count, or for a stream cut short an estimate (one token
+    /// per four bytes, and at least one per content event).
+    fn completion_tokens(&self) -> u64 {
+        match self.usage {
+            Some(u) => u.completion_tokens,
+            None => (self.content_bytes as u64)
+                .div_ceil(4)
+                .max(self.content_events),
+        }
+    }
+
     fn finish(&mut self) {
         let total = self.start.elapsed();
+        if let Some(a) = &self.admission {
+            a.settle(
+                self.usage.map(|u| u.prompt_tokens),
+                self.completion_tokens(),
+            );
+        }
         let m = &self.metrics;
         let status = self.status.to_string();
         m.requests.with_label_values(&[&self.model, &status]).inc();
@@ -165,6 +197,7 @@ impl RequestRecord {
         tracing::info!(
             target: "sluice::access",
             request_id = %self.request_id,
+            key = self.key.as_deref(),
             model = %self.model,
             backend = %self.backend,
             status = self.status,

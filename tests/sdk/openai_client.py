@@ -8,7 +8,19 @@ import sys
 import openai
 
 
+def retry_after_429(base_url: str, model: str, key: str) -> None:
+    """One call with the SDK's own retries on (the gateway counts the 429s it sent)."""
+    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=3, timeout=60)
+    completion = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=8
+    )
+    print(json.dumps({"text": completion.choices[0].message.content}))
+
+
 def main() -> None:
+    if sys.argv[1] == "retry":
+        retry_after_429(sys.argv[2], sys.argv[3], sys.argv[4])
+        return
     base_url, model = sys.argv[1], sys.argv[2]
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
     messages = [{"role": "user", "content": "Say hello"}]
