@@ -6,11 +6,13 @@
 //! deltas. [`server`] owns the sockets, the connection cap and graceful shutdown.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod routing;
 
 pub use error::{Error, Result};
 pub mod handlers;

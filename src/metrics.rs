@@ -42,6 +42,18 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Streams that ended before completing, by reason (error, client_closed, shutdown).
     pub streams_aborted: IntCounterVec,
+    /// Requests routed to each target.
+    pub target_requests: IntCounterVec,
+    /// Times a request moved on to a fallback target.
+    pub fallbacks: IntCounterVec,
+    /// Retries taken (same target, after backoff).
+    pub retries: IntCounterVec,
+    /// Breaker state per target: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGaugeVec,
+    /// Canary targets whose weight was dropped to 0 by a guard.
+    pub canary_rollbacks: IntCounterVec,
+    /// Registry data: version, owner and approver of each model; always 1.
+    pub model_info: IntGaugeVec,
     /// 429s from rate limits, by limit kind and key name.
     pub rate_limited: IntCounterVec,
     /// Local models: time a request waited for a generation slot.
@@ -125,6 +137,42 @@ impl Metrics {
                 "Streams that ended before completing, by reason.",
                 &["model", "reason"],
             ),
+            target_requests: counter(
+                "sluice_target_requests_total",
+                "Requests sent to each routing target.",
+                &["model", "target"],
+            ),
+            fallbacks: counter(
+                "sluice_fallbacks_total",
+                "Requests that moved on to a fallback target.",
+                &["model"],
+            ),
+            retries: counter(
+                "sluice_retries_total",
+                "Retries taken after a retryable error.",
+                &["model"],
+            ),
+            breaker_state: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_breaker_state",
+                    "Circuit breaker per target: 0 closed, 1 half-open, 2 open.",
+                ),
+                &["model", "target"],
+            )
+            .unwrap_or_else(|e| panic!("metric breaker_state: {e}")),
+            canary_rollbacks: counter(
+                "sluice_canary_rollbacks_total",
+                "Canary targets set to weight 0 by a guard.",
+                &["model", "target"],
+            ),
+            model_info: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_model_info",
+                    "Registry data of each served model; always 1.",
+                ),
+                &["model", "version", "owner", "approved_by"],
+            )
+            .unwrap_or_else(|e| panic!("metric model_info: {e}")),
             rate_limited: counter(
                 "sluice_rate_limited_total",
                 "Requests refused by a rate limit, by limit kind and key name.",
@@ -185,6 +233,12 @@ impl Metrics {
             Box::new(m.in_flight.clone()),
             Box::new(m.streams_aborted.clone()),
             Box::new(m.rate_limited.clone()),
+            Box::new(m.target_requests.clone()),
+            Box::new(m.fallbacks.clone()),
+            Box::new(m.retries.clone()),
+            Box::new(m.breaker_state.clone()),
+            Box::new(m.canary_rollbacks.clone()),
+            Box::new(m.model_info.clone()),
             Box::new(m.local_queue_wait.clone()),
             Box::new(m.local_queue_depth.clone()),
             Box::new(m.local_prefill_rate.clone()),

@@ -6,18 +6,20 @@ use std::sync::Arc;
 use prometheus::IntGauge;
 use tokio::sync::watch;
 
+use crate::audit::AuditLog;
 use crate::auth::KeyRing;
-use crate::backends::{Backend, Backends};
+use crate::backends::Backends;
 use crate::config::{Config, ModelConfig, ServerConfig};
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
+use crate::routing::ModelRouter;
 use crate::shutdown::ShutdownSignal;
 
-/// A served model and the backend that answers it.
+/// A served model and its router.
 #[derive(Clone)]
 pub struct Route {
     pub model: Arc<ModelConfig>,
-    pub backend: Arc<dyn Backend>,
+    pub router: Arc<ModelRouter>,
 }
 
 /// Shared, read-only state of one gateway.
@@ -26,6 +28,7 @@ pub struct AppState {
     pub routes: BTreeMap<String, Route>,
     pub backends: Backends,
     pub metrics: Arc<Metrics>,
+    pub audit: Arc<AuditLog>,
     pub keys: KeyRing,
     pub limits: RateLimits,
     pub in_flight: InFlight,
@@ -43,23 +46,21 @@ impl AppState {
         metrics: Arc<Metrics>,
         shutdown: ShutdownSignal,
     ) -> anyhow::Result<AppState> {
-        let mut routes = BTreeMap::new();
-        for (name, m) in &config.models {
-            let backend = backends.get(&m.backend).cloned().ok_or_else(|| {
-                anyhow::anyhow!("model `{name}`: backend `{}` was not built", m.backend)
-            })?;
-            routes.insert(
-                name.clone(),
-                Route {
-                    model: Arc::new(m.clone()),
-                    backend,
-                },
-            );
-        }
+        let audit = Arc::new(AuditLog::open(config.audit_path.as_deref())?);
+        let routers = ModelRouter::build_all(&config.models, &backends, &metrics, &audit)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let routes = routers
+            .into_iter()
+            .map(|(name, router)| {
+                let model = router.model.clone();
+                (name, Route { model, router })
+            })
+            .collect();
         let in_flight = InFlight::new(metrics.in_flight.clone());
         Ok(AppState {
             routes,
             backends,
+            audit,
             keys: KeyRing::new(config),
             limits: RateLimits::new(config, metrics.rate_limited.clone()),
             metrics,

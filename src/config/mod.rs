@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::backends::candle::CandleConfig;
+use crate::routing::breaker::BreakerConfig;
+use crate::routing::canary::CanaryConfig;
+use crate::routing::retry::RetryConfig;
 
 use self::raw::{RawBackend, RawConfig, RawLimits};
 
@@ -44,6 +47,8 @@ pub struct Config {
     pub keys: Vec<KeyConfig>,
     /// Keys for the admin API.
     pub admin_keys: Vec<AdminKeyConfig>,
+    /// Where audit records (admin changes, rollbacks, guardrail decisions) are appended as JSONL.
+    pub audit_path: Option<PathBuf>,
     /// The file this came from, for messages.
     pub source: PathBuf,
 }
@@ -192,11 +197,45 @@ pub struct ModelLimits {
 pub struct ModelConfig {
     /// The name clients send as `model`.
     pub name: String,
+    /// The first target's first backend.
     pub backend: String,
-    /// The model name sent upstream.
+    /// The model name sent upstream (per target: the target's own).
     pub upstream_model: String,
     pub limits: ModelLimits,
     pub rate_limits: RateLimitConfig,
+    /// Where requests go: one or more weighted targets.
+    pub targets: Vec<TargetConfig>,
+    /// Target names tried in order on retryable errors before the first byte.
+    pub fallbacks: Vec<String>,
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub registry: Registry,
+}
+
+/// Who owns a model and who approved which version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    pub owner: Option<String>,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
+    pub version: Option<String>,
+    pub description: Option<String>,
+}
+
+/// One routing target of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetConfig {
+    /// Unique within the model; defaults to the backend name.
+    pub name: String,
+    /// Backend names; more than one are balanced as replicas.
+    pub replicas: Vec<String>,
+    pub upstream_model: String,
+    pub weight: u32,
+    /// Shown in `x-sluice-model-version`; defaults to the model's version.
+    pub version: Option<String>,
+    /// Deadline for the backend to start answering, per attempt.
+    pub timeout: Option<Duration>,
+    pub canary: Option<CanaryConfig>,
 }
 
 /// The path used when `--config` is not given.
@@ -361,23 +400,44 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
     let mut models = BTreeMap::new();
     for (name, m) in raw.models {
         let key = format!("models.{name}");
-        if !backends.contains_key(&m.backend) {
-            return Err(format!(
-                "`{key}.backend`: no backend named `{}` (declared: {})",
-                m.backend,
-                backends.keys().cloned().collect::<Vec<_>>().join(", ")
-            ));
+        let known = |b: &str, at: &str| -> Result<(), String> {
+            if backends.contains_key(b) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{at}`: no backend named `{b}` (declared: {})",
+                    backends.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            }
+        };
+        let targets = targets(&key, &name, &m, &known)?;
+        for f in &m.fallbacks {
+            if !targets.iter().any(|t| &t.name == f) {
+                return Err(format!("`{key}.fallbacks`: no target named `{f}`"));
+            }
         }
         let limits = limits(&key, &raw.limits, &m.limits)?;
         let rate_limits = rate_limits(&key, m.requests_per_minute, m.tokens_per_minute, None)?;
+        let first = &targets[0];
         models.insert(
             name.clone(),
             ModelConfig {
-                upstream_model: m.upstream_model.unwrap_or_else(|| name.clone()),
+                backend: first.replicas[0].clone(),
+                upstream_model: first.upstream_model.clone(),
                 name,
-                backend: m.backend,
                 limits,
                 rate_limits,
+                fallbacks: m.fallbacks,
+                retry: retry(&key, m.retry)?,
+                breaker: breaker(&key, m.breaker)?,
+                registry: Registry {
+                    owner: m.owner,
+                    approved_by: m.approved_by,
+                    approved_at: m.approved_at,
+                    version: m.version,
+                    description: m.description,
+                },
+                targets,
             },
         );
     }
@@ -442,8 +502,169 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
         rate_limits: global,
         keys,
         admin_keys,
+        audit_path: raw.audit.path.map(|p| base_dir.join(p)),
         source: path.to_path_buf(),
     })
+}
+
+fn targets(
+    key: &str,
+    model: &str,
+    m: &raw::RawModel,
+    known: &dyn Fn(&str, &str) -> Result<(), String>,
+) -> Result<Vec<TargetConfig>, String> {
+    let raw_targets = match (&m.backend, &m.targets) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "`{key}`: give either `backend` or `targets`, not both"
+            ))
+        }
+        (None, None) => return Err(format!("`{key}`: needs `backend` or `targets`")),
+        (Some(b), None) => {
+            known(b, &format!("{key}.backend"))?;
+            return Ok(vec![TargetConfig {
+                name: b.clone(),
+                replicas: vec![b.clone()],
+                upstream_model: m.upstream_model.clone().unwrap_or_else(|| model.to_owned()),
+                weight: 100,
+                version: None,
+                timeout: None,
+                canary: None,
+            }]);
+        }
+        (None, Some(t)) => t,
+    };
+    if raw_targets.is_empty() {
+        return Err(format!("`{key}.targets` must not be empty"));
+    }
+    let mut out: Vec<TargetConfig> = Vec::new();
+    for (i, t) in raw_targets.iter().enumerate() {
+        let at = format!("{key}.targets[{i}]");
+        let replicas = match (&t.backend, &t.replicas) {
+            (Some(b), None) => vec![b.clone()],
+            (None, Some(r)) if !r.is_empty() => r.clone(),
+            _ => return Err(format!("`{at}`: give `backend` or a non-empty `replicas`")),
+        };
+        for b in &replicas {
+            known(b, &at)?;
+        }
+        let name = t.name.clone().unwrap_or_else(|| replicas[0].clone());
+        if out.iter().any(|o| o.name == name) {
+            return Err(format!("`{at}`: two targets named `{name}`; set `name`"));
+        }
+        let canary = match &t.canary {
+            None => None,
+            Some(c) => {
+                for (k, v) in [
+                    ("max_error_rate", c.max_error_rate),
+                    ("max_guardrail_rate", c.max_guardrail_rate),
+                ] {
+                    if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+                        return Err(format!("`{at}.canary.{k}` must be between 0 and 1"));
+                    }
+                }
+                Some(CanaryConfig {
+                    window: duration(
+                        &format!("{at}.canary.window"),
+                        c.window.as_deref(),
+                        Duration::from_secs(60),
+                    )?,
+                    min_requests: c.min_requests.unwrap_or(20),
+                    max_error_rate: c.max_error_rate,
+                    max_p95_latency: c
+                        .max_p95_latency
+                        .as_deref()
+                        .map(|d| {
+                            duration(
+                                &format!("{at}.canary.max_p95_latency"),
+                                Some(d),
+                                Duration::ZERO,
+                            )
+                        })
+                        .transpose()?,
+                    max_guardrail_rate: c.max_guardrail_rate,
+                })
+            }
+        };
+        out.push(TargetConfig {
+            name,
+            replicas,
+            upstream_model: t
+                .upstream_model
+                .clone()
+                .or_else(|| m.upstream_model.clone())
+                .unwrap_or_else(|| model.to_owned()),
+            weight: t.weight.unwrap_or(100),
+            version: t.version.clone(),
+            timeout: t
+                .timeout
+                .as_deref()
+                .map(|d| duration(&format!("{at}.timeout"), Some(d), Duration::ZERO))
+                .transpose()?,
+            canary,
+        });
+    }
+    if out.iter().all(|t| t.weight == 0) {
+        return Err(format!(
+            "`{key}.targets`: at least one target needs a weight above 0"
+        ));
+    }
+    Ok(out)
+}
+
+fn retry(key: &str, r: Option<raw::RawRetry>) -> Result<RetryConfig, String> {
+    let d = RetryConfig::default();
+    let Some(r) = r else { return Ok(d) };
+    let c = RetryConfig {
+        attempts: r.attempts.unwrap_or(d.attempts),
+        backoff: duration(
+            &format!("{key}.retry.backoff"),
+            r.backoff.as_deref(),
+            d.backoff,
+        )?,
+        max_backoff: duration(
+            &format!("{key}.retry.max_backoff"),
+            r.max_backoff.as_deref(),
+            d.max_backoff,
+        )?,
+        budget_ratio: r.budget_ratio.unwrap_or(d.budget_ratio),
+        budget_min_per_second: r.budget_min_per_second.unwrap_or(d.budget_min_per_second),
+    };
+    if c.attempts == 0 || c.attempts > 10 {
+        return Err(format!("`{key}.retry.attempts` must be between 1 and 10"));
+    }
+    if !(0.0..=1.0).contains(&c.budget_ratio) || c.budget_min_per_second < 0.0 {
+        return Err(format!(
+            "`{key}.retry`: budget_ratio must be 0–1 and budget_min_per_second ≥ 0"
+        ));
+    }
+    Ok(c)
+}
+
+fn breaker(key: &str, b: Option<raw::RawBreaker>) -> Result<BreakerConfig, String> {
+    let d = BreakerConfig::default();
+    let Some(b) = b else { return Ok(d) };
+    let c = BreakerConfig {
+        consecutive_failures: b.consecutive_failures.unwrap_or(d.consecutive_failures),
+        error_rate: b.error_rate.unwrap_or(d.error_rate),
+        window: duration(
+            &format!("{key}.breaker.window"),
+            b.window.as_deref(),
+            d.window,
+        )?,
+        min_requests: b.min_requests.unwrap_or(d.min_requests),
+        open_for: duration(
+            &format!("{key}.breaker.open_for"),
+            b.open_for.as_deref(),
+            d.open_for,
+        )?,
+    };
+    if c.consecutive_failures == 0 || !(0.0..=1.0).contains(&c.error_rate) {
+        return Err(format!(
+            "`{key}.breaker`: consecutive_failures ≥ 1 and error_rate 0–1"
+        ));
+    }
+    Ok(c)
 }
 
 fn rate_limits(

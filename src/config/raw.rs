@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub keys: BTreeMap<String, RawKey>,
     #[serde(default)]
     pub admin_keys: BTreeMap<String, RawAdminKey>,
+    #[serde(default)]
+    pub audit: RawAudit,
 }
 
 /// `[rate_limits]`: limits across all callers and models.
@@ -126,10 +128,78 @@ pub struct RawOpenAi {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
-    pub backend: String,
+    /// Shorthand for one target on this backend.
+    pub backend: Option<String>,
     pub upstream_model: Option<String>,
+    pub targets: Option<Vec<RawTarget>>,
+    /// Target names tried in order on retryable errors before the first byte.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    pub retry: Option<RawRetry>,
+    pub breaker: Option<RawBreaker>,
+    /// Registry data.
+    pub owner: Option<String>,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
+    pub version: Option<String>,
+    pub description: Option<String>,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u64>,
     #[serde(default, flatten)]
     pub limits: RawLimits,
+}
+
+/// One entry of `targets = [...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: Option<String>,
+    pub backend: Option<String>,
+    /// Several backends serving the same model, balanced by outstanding requests.
+    pub replicas: Option<Vec<String>>,
+    pub upstream_model: Option<String>,
+    pub weight: Option<u32>,
+    pub version: Option<String>,
+    pub timeout: Option<String>,
+    pub canary: Option<RawCanary>,
+}
+
+/// `canary = { ... }` on a target.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    pub window: Option<String>,
+    pub min_requests: Option<u32>,
+    pub max_error_rate: Option<f64>,
+    pub max_p95_latency: Option<String>,
+    pub max_guardrail_rate: Option<f64>,
+}
+
+/// `retry = { ... }` on a model.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<u32>,
+    pub backoff: Option<String>,
+    pub max_backoff: Option<String>,
+    pub budget_ratio: Option<f64>,
+    pub budget_min_per_second: Option<f64>,
+}
+
+/// `breaker = { ... }` on a model (applies to each of its targets).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub consecutive_failures: Option<u32>,
+    pub error_rate: Option<f64>,
+    pub window: Option<String>,
+    pub min_requests: Option<u32>,
+    pub open_for: Option<String>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub path: Option<String>,
 }

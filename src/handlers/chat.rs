@@ -21,7 +21,7 @@ use crate::api::sse::{ChunkEncoder, Collector, DONE, KEEP_ALIVE};
 use crate::api::types::{BackendEvent, ChatRequest, ChoiceDelta};
 use crate::api::validate;
 use crate::auth::Caller;
-use crate::backends::{BackendRequest, EventStream};
+use crate::backends::EventStream;
 use crate::error::Error;
 use crate::layers::request_id::RequestId;
 use crate::limits::estimate_prompt_tokens;
@@ -123,7 +123,6 @@ where
         .cloned()
         .ok_or_else(|| Error::ModelNotFound(request.model.clone()))?;
     record.model = route.model.name.clone();
-    record.backend = route.backend.name().to_owned();
     record.stream = request.is_stream();
     if !caller.may_use(&route.model.name) {
         return Err(Error::Forbidden {
@@ -144,19 +143,35 @@ where
     record.admission = Some(admission);
 
     let waited = Instant::now();
-    let opened = route
-        .backend
-        .chat(BackendRequest {
-            model: route.model.clone(),
-            request: request.clone(),
-            request_id,
-        })
-        .await;
+    let opened = route.router.open(&request, &request_id).await;
     record.backend_wait += waited.elapsed();
+    let opened = opened.inspect_err(|e| {
+        if let Error::UpstreamUnreachable { backend, .. }
+        | Error::UpstreamTimeout { backend, .. }
+        | Error::UpstreamStatus { backend, .. }
+        | Error::UpstreamProtocol { backend, .. }
+        | Error::UpstreamClosed { backend } = e
+        {
+            record.backend = backend.clone();
+        }
+    })?;
+    record.backend = opened.backend.clone();
+    let mut rate_headers = rate_headers;
+    if let Ok(v) = HeaderValue::from_str(opened.target.name()) {
+        rate_headers.insert("x-sluice-target", v);
+    }
+    if let Some(v) = opened
+        .target
+        .version
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        rate_headers.insert("x-sluice-model-version", v);
+    }
     Ok(Accepted {
         route,
         request,
-        stream: opened?,
+        stream: opened.stream,
         rate_headers,
     })
 }

@@ -125,8 +125,17 @@ fn models(state: &AppState, caller: &Caller) -> Response<Body> {
                 "object": "model",
                 "created": 0,
                 "owned_by": "sluice",
-                "backend": r.backend.name(),
-                "backend_type": r.backend.kind(),
+                "owner": r.model.registry.owner,
+                "approved_by": r.model.registry.approved_by,
+                "approved_at": r.model.registry.approved_at,
+                "version": r.model.registry.version,
+                "description": r.model.registry.description,
+                "enabled": r.router.is_enabled(),
+                "targets": r.router.targets().iter().map(|t| json!({
+                    "name": t.name(),
+                    "version": t.version,
+                    "weight": t.weight(),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

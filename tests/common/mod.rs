@@ -195,6 +195,7 @@ base_url = "http://127.0.0.1:9/v1"
 
 [models.m]
 backend = "b"
+retry = {{ attempts = 1 }}
 max_tokens = 100
 max_messages = 4
 max_prompt_bytes = 1000
