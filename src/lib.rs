@@ -11,6 +11,7 @@ pub mod backends;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod mock_upstream;
 
 pub use error::{Error, Result};
 pub mod handlers;
