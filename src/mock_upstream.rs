@@ -154,6 +154,8 @@ struct Plan {
     ttft: Duration,
     gap: Duration,
     fault: Option<Fault>,
+    /// `data: {"id":…,"choices":[{"index":0,"delta":`, shared by every chunk of the answer.
+    chunk_prefix: String,
 }
 
 // === impl MockConfig ===
@@ -525,7 +527,7 @@ fn stream_response(plan: Plan, guard: InFlight) -> Response<MockBody> {
             _ => None,
         };
         pause(plan.ttft).await;
-        yield Ok(plan.chunk(json!({"role": "assistant", "content": ""}), None));
+        yield Ok(plan.chunk(r#"{"role":"assistant","content":""}"#, None));
         for (i, token) in plan.tokens.iter().enumerate() {
             if after == Some(i) {
                 break;
@@ -533,7 +535,7 @@ fn stream_response(plan: Plan, guard: InFlight) -> Response<MockBody> {
             if i > 0 {
                 pause(plan.gap).await;
             }
-            yield Ok(plan.chunk(json!({"content": token}), None));
+            yield Ok(plan.content_chunk(token));
         }
         match plan.fault {
             Some(Fault::Stall { .. }) => std::future::pending::<()>().await,
@@ -550,7 +552,7 @@ fn stream_response(plan: Plan, guard: InFlight) -> Response<MockBody> {
             }
             _ => {}
         }
-        yield Ok(plan.chunk(json!({}), Some(plan.finish_reason)));
+        yield Ok(plan.chunk("{}", Some(plan.finish_reason)));
         if plan.include_usage {
             yield Ok(plan.usage_chunk());
         }
@@ -615,14 +617,23 @@ impl Plan {
             "stop"
         };
 
+        let id = format!(
+            "chatcmpl-mock-{}",
+            shared.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let chunk_prefix = format!(
+            "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{created},\
+             \"model\":{},\"system_fingerprint\":null,\"choices\":[{{\"index\":0,\"delta\":",
+            Value::from(id.as_str()),
+            Value::from(model.as_str()),
+        );
         Ok(Plan {
-            id: format!(
-                "chatcmpl-mock-{}",
-                shared.next_id.fetch_add(1, Ordering::Relaxed)
-            ),
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            id,
+            created,
+            chunk_prefix,
             stream: req.get("stream").and_then(Value::as_bool).unwrap_or(false),
             include_usage: req
                 .pointer("/stream_options/include_usage")
@@ -655,24 +666,28 @@ impl Plan {
         Frame::data(Bytes::from(out))
     }
 
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Frame<Bytes> {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": [{
-                "index": 0,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }],
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
+    /// One chunk event. Written as text around a prefix built once per request, because a load
+    /// test's mock must cost far less per token than the gateway it measures.
+    fn chunk(&self, delta_json: &str, finish_reason: Option<&str>) -> Frame<Bytes> {
+        let mut out = String::with_capacity(self.chunk_prefix.len() + delta_json.len() + 64);
+        out.push_str(&self.chunk_prefix);
+        out.push_str(delta_json);
+        out.push_str(",\"logprobs\":null,\"finish_reason\":");
+        match finish_reason {
+            Some(r) => out.push_str(&Value::from(r).to_string()),
+            None => out.push_str("null"),
         }
-        Self::frame(&chunk)
+        out.push_str("}]");
+        if self.include_usage {
+            out.push_str(",\"usage\":null");
+        }
+        out.push_str("}\n\n");
+        Frame::data(Bytes::from(out))
+    }
+
+    fn content_chunk(&self, token: &str) -> Frame<Bytes> {
+        let delta = format!("{{\"content\":{}}}", Value::from(token));
+        self.chunk(&delta, None)
     }
 
     fn usage_chunk(&self) -> Frame<Bytes> {
