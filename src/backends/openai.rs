@@ -3,7 +3,7 @@
 //! Every request goes upstream as a stream (`stream: true`, `stream_options.include_usage: true`)
 //! whatever the client asked for: the gateway has one path for responses, a stream of deltas that
 //! the handler either forwards as SSE or collects into one JSON document. Fields the gateway does
-//! not interpret travel in [`ChatRequest::extra`] and reach the upstream unchanged; only `model`
+//! not interpret travel in [`ChatRequest::extra`](crate::api::types::ChatRequest::extra) and reach the upstream unchanged; only `model`
 //! is rewritten to the configured upstream name.
 //!
 //! Each of the four deadlines in [`OpenAiConfig`] maps to its own [`TimeoutPhase`], so a
