@@ -26,8 +26,8 @@ struct Args {
     /// The answer text.
     #[arg(long)]
     text: Option<String>,
-    /// A fault for every request: status:<code>, slow:<ms>, stall:<n>, reset:<n>, malformed:<n>,
-    /// no-done, json.
+    /// A fault for every request: `status:<code>`, `slow:<ms>`, `stall:<n>`, `reset:<n>`,
+    /// `malformed:<n>`, `no-done`, `json`.
     #[arg(long)]
     fault: Option<Fault>,
 }
