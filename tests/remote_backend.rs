@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sluice::api::types::{BackendEvent, ChoiceDelta, Usage};
 use sluice::backends::openai::OpenAiBackend;
 use sluice::backends::{Backend, BackendRequest, EventStream, Readiness};
-use sluice::config::{ModelConfig, ModelLimits, OpenAiConfig};
+use sluice::config::{ModelConfig, ModelLimits, OpenAiConfig, RateLimitConfig};
 use sluice::error::TimeoutPhase;
 use sluice::mock_upstream::{Fault, MockConfig, MockUpstream};
 use sluice::Error;
@@ -52,6 +52,7 @@ fn request(body: Value) -> BackendRequest {
                 max_messages: 16,
                 max_prompt_bytes: 1 << 20,
             },
+            rate_limits: RateLimitConfig::default(),
         }),
         request: serde_json::from_value(body).unwrap(),
         request_id: "req-42".into(),
