@@ -11,15 +11,16 @@ pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod error;
-pub mod metrics;
-pub mod routing;
-
-pub use error::{Error, Result};
 pub mod handlers;
 pub mod layers;
 pub mod limits;
+pub mod metrics;
+pub mod mock_upstream;
+pub mod routing;
 pub mod server;
 pub mod shutdown;
 pub mod stack;
 pub mod state;
 pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -8,6 +8,7 @@
 
 pub mod candle;
 pub mod openai;
+pub mod sse_parser;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -1,26 +1,256 @@
 //! Remote OpenAI-compatible endpoints.
+//!
+//! Every request goes upstream as a stream (`stream: true`, `stream_options.include_usage: true`)
+//! whatever the client asked for: the gateway has one path for responses, a stream of deltas that
+//! the handler either forwards as SSE or collects into one JSON document. Fields the gateway does
+//! not interpret travel in [`ChatRequest::extra`](crate::api::types::ChatRequest::extra) and reach the upstream unchanged; only `model`
+//! is rewritten to the configured upstream name.
+//!
+//! Each of the four deadlines in [`OpenAiConfig`] maps to its own [`TimeoutPhase`], so a
+//! dashboard can tell a dead host (connect) from an overloaded one (first byte) from a stalled
+//! generation (idle). Failures before the response headers are `Err` from [`Backend::chat`] (the
+//! handler can still answer with a status, and routing can try elsewhere); failures after them are
+//! `Err` items that end the stream. A stream that ends without `data: [DONE]` is never a clean end:
+//! a truncated answer must not look like a complete one.
+//!
+//! The stream owns the upstream response body, so dropping it (a client that went away) drops the
+//! upstream request at once: hyper closes an HTTP/1 connection whose body was not read to the end,
+//! and resets an HTTP/2 stream.
+//!
+//! The API key lives only in a header value marked sensitive; neither `Debug`, logs nor errors
+//! ever show it.
 
+use std::collections::VecDeque;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use super::{Backend, BackendRequest, ChatFuture, Readiness};
+use anyhow::Context as _;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::time::{Instant, Sleep};
+
+use super::sse_parser::{SseEvent, SseParser, DEFAULT_MAX_EVENT_BYTES};
+use super::{Backend, BackendRequest, ChatFuture, EventStream, Readiness};
+use crate::api::types::{BackendEvent, ChoiceDelta, StreamOptions, Usage};
 use crate::config::OpenAiConfig;
-use crate::error::Error;
+use crate::error::{Error, Result, TimeoutPhase};
+
+/// The most of an upstream error body kept for the client; the rest is dropped.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The largest non-streaming completion accepted from an upstream that ignored `stream: true`.
+const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+/// How long a finished stream may take to deliver the end of its HTTP body, so that its connection
+/// goes back to the pool instead of being closed.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// The longest a readiness probe waits for a TCP connection.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A remote OpenAI-compatible backend.
 pub struct OpenAiBackend {
-    name: String,
-    #[allow(dead_code)]
+    name: Arc<str>,
     config: OpenAiConfig,
+    /// Pooled, shared by every request to this backend.
+    client: HttpClient,
+    /// `{base_url}/chat/completions`, built once.
+    chat_uri: Uri,
+    /// `Bearer <key>`, marked sensitive so it is never printed nor HPACK-indexed.
+    auth: Option<HeaderValue>,
+    /// Host and port probed by [`Backend::readiness`].
+    probe: (String, u16),
+    max_event_bytes: usize,
 }
 
+/// The events of one upstream SSE response.
+struct SseEvents {
+    backend: Arc<str>,
+    /// The response body; `None` once the stream ended or failed (dropping it aborts the request).
+    body: Option<Incoming>,
+    parser: SseParser,
+    /// Scratch space for the parser's output, kept to reuse its allocation.
+    parsed: Vec<SseEvent>,
+    /// Events decoded but not yet handed out.
+    pending: VecDeque<BackendEvent>,
+    /// The failure to report once `pending` is empty.
+    failure: Option<Error>,
+    /// `data: [DONE]` was seen: the stream ends cleanly after `pending`.
+    done: bool,
+    /// Nothing more will be yielded.
+    finished: bool,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
+    total: Pin<Box<Sleep>>,
+}
+
+/// One `chat.completion.chunk`, reduced to what the gateway reads.
+#[derive(Deserialize)]
+struct WireChunk {
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    #[serde(default)]
+    index: u32,
+    /// `delta` in a chunk.
+    #[serde(default)]
+    delta: Option<Map<String, Value>>,
+    /// `message` in a non-streaming completion.
+    #[serde(default)]
+    message: Option<Map<String, Value>>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+/// Usage as upstreams send it: some omit `total_tokens`, newer ones add detail objects.
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+}
+
+/// Why reading a whole body failed.
+enum ReadError {
+    Timeout(TimeoutPhase),
+    TooLarge,
+    Read(hyper::Error),
+}
+
+// === impl OpenAiBackend ===
+
 impl OpenAiBackend {
-    /// Builds the pooled client.
+    /// Builds the pooled client. Fails on a config no request could use (an API key that is not
+    /// a valid header value); the message never contains the key.
     pub fn new(name: &str, config: OpenAiConfig) -> anyhow::Result<Self> {
+        let chat_uri = chat_uri(&config.base_url)
+            .with_context(|| format!("backend `{name}`: base_url cannot be extended"))?;
+        let auth = match config.api_key.as_deref() {
+            None => None,
+            Some(key) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                    anyhow::anyhow!(
+                        "backend `{name}`: api_key holds characters not allowed in a header"
+                    )
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+        };
+        let https = config.base_url.scheme_str() == Some("https");
+        let host = config
+            .base_url
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .ok_or_else(|| anyhow::anyhow!("backend `{name}`: base_url has no host"))?;
+        let port = config
+            .base_url
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let builder = HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .context("TLS setup")?
+            .https_or_http();
+        // ALPN offers h2 (and http/1.1 unless h2 is forced); over plain http, `http2_only`
+        // means h2c with prior knowledge.
+        let connector = if config.http2_only {
+            builder.enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().enable_http2().wrap_connector(http)
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(config.http2_only)
+            .build(connector);
+
         Ok(OpenAiBackend {
-            name: name.to_owned(),
+            name: Arc::from(name),
             config,
+            client,
+            chat_uri,
+            auth,
+            probe: (host, port),
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         })
+    }
+
+    /// Changes the bound on one upstream SSE event (default 1 MiB).
+    pub fn with_max_event_bytes(mut self, max: usize) -> Self {
+        self.max_event_bytes = max;
+        self
+    }
+
+    /// The upstream request: the client's body with `model` and streaming rewritten.
+    fn upstream_request(&self, req: BackendRequest) -> Result<Request<Full<Bytes>>> {
+        let BackendRequest {
+            model,
+            mut request,
+            request_id,
+        } = req;
+        request.model = model.upstream_model.clone();
+        request.stream = Some(true);
+        let mut options = request.stream_options.take().unwrap_or(StreamOptions {
+            include_usage: None,
+            extra: Map::new(),
+        });
+        options.include_usage = Some(true);
+        request.stream_options = Some(options);
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| Error::Internal(format!("serialising the upstream request: {e}")))?;
+
+        let mut builder = Request::post(self.chat_uri.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        if let Some(auth) = &self.auth {
+            builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            builder = builder.header("x-request-id", id);
+        }
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| Error::Internal(format!("building the upstream request: {e}")))
+    }
+}
+
+impl fmt::Debug for OpenAiBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiBackend")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -33,17 +263,596 @@ impl Backend for OpenAiBackend {
         "openai"
     }
 
-    fn chat(&self, _req: BackendRequest) -> ChatFuture {
+    fn chat(&self, req: BackendRequest) -> ChatFuture {
+        let request = self.upstream_request(req);
+        let client = self.client.clone();
         let backend = self.name.clone();
+        let config = &self.config;
+        let (first_byte, idle, total) = (
+            config.first_byte_timeout,
+            config.idle_timeout,
+            config.total_timeout,
+        );
+        let max_event_bytes = self.max_event_bytes;
         Box::pin(async move {
-            Err(Error::UpstreamUnreachable {
+            let request = request?;
+            let started = Instant::now();
+            let total_deadline = started + total;
+            let (head_deadline, head_phase) = if first_byte < total {
+                (started + first_byte, TimeoutPhase::FirstByte)
+            } else {
+                (total_deadline, TimeoutPhase::Total)
+            };
+            let response =
+                match tokio::time::timeout_at(head_deadline, client.request(request)).await {
+                    Err(_) => return Err(timeout(&backend, head_phase)),
+                    Ok(Err(e)) => return Err(request_error(&backend, &e)),
+                    Ok(Ok(response)) => response,
+                };
+            let (parts, body) = response.into_parts();
+            let content_type = parts.headers.get(CONTENT_TYPE).cloned();
+
+            if !parts.status.is_success() {
+                return Err(status_error(
+                    &backend,
+                    parts.status,
+                    content_type,
+                    body,
+                    idle,
+                    total_deadline,
+                )
+                .await);
+            }
+            if is_json(content_type.as_ref()) {
+                let bytes = read_body(body, MAX_JSON_BODY, idle, total_deadline)
+                    .await
+                    .map_err(|e| match e {
+                        ReadError::Timeout(phase) => timeout(&backend, phase),
+                        ReadError::TooLarge => protocol(&backend, "the completion is too large"),
+                        ReadError::Read(e) => body_error(&backend, &e),
+                    })?;
+                let events = completion_events(&bytes)
+                    .ok_or_else(|| protocol(&backend, "the completion is not valid JSON"))?;
+                let stream: EventStream = Box::pin(futures_util::stream::iter(
+                    events.into_iter().map(Ok::<_, Error>),
+                ));
+                return Ok(stream);
+            }
+            let stream: EventStream = Box::pin(SseEvents {
                 backend,
-                detail: "not implemented".into(),
-            })
+                body: Some(body),
+                parser: SseParser::new(max_event_bytes),
+                parsed: Vec::new(),
+                pending: VecDeque::new(),
+                failure: None,
+                done: false,
+                finished: false,
+                idle_timeout: idle,
+                idle: Box::pin(tokio::time::sleep(idle)),
+                total: Box::pin(tokio::time::sleep_until(total_deadline)),
+            });
+            Ok(stream)
         })
     }
 
     fn readiness(&self) -> Pin<Box<dyn Future<Output = Readiness> + Send + '_>> {
-        Box::pin(async { Readiness::Ready })
+        Box::pin(async move {
+            let (host, port) = (&self.probe.0, self.probe.1);
+            let wait = self.config.connect_timeout.min(READINESS_TIMEOUT);
+            match tokio::time::timeout(wait, tokio::net::TcpStream::connect((host.as_str(), port)))
+                .await
+            {
+                Ok(Ok(_)) => Readiness::Ready,
+                Ok(Err(e)) => Readiness::NotReady(format!("upstream unreachable ({})", e.kind())),
+                Err(_) => Readiness::NotReady("upstream unreachable (connect timed out)".into()),
+            }
+        })
+    }
+}
+
+// === impl SseEvents ===
+
+impl SseEvents {
+    /// Records a failure: it is reported after the events already decoded, and ends the stream.
+    fn fail(&mut self, err: Error) {
+        if self.failure.is_none() && !self.done {
+            self.failure = Some(err);
+        }
+        self.body = None;
+    }
+
+    /// Decodes one body chunk into `pending`.
+    fn on_bytes(&mut self, bytes: &[u8]) {
+        let mut parsed = std::mem::take(&mut self.parsed);
+        let fed = self.parser.feed(bytes, &mut parsed);
+        for event in parsed.drain(..) {
+            self.on_event(event);
+            if self.done || self.failure.is_some() {
+                break;
+            }
+        }
+        parsed.clear();
+        self.parsed = parsed;
+        if let Err(e) = fed {
+            let detail = e.to_string();
+            self.fail(protocol(&self.backend, &detail));
+        }
+    }
+
+    fn on_event(&mut self, event: SseEvent) {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            return;
+        }
+        if event.event.as_deref() == Some("error") {
+            tracing::warn!(backend = %self.backend, "upstream sent an error event mid-stream");
+            return self.fail(protocol(&self.backend, "the upstream reported an error"));
+        }
+        if data.is_empty() {
+            return;
+        }
+        match serde_json::from_str::<WireChunk>(data) {
+            Ok(chunk) if chunk.error.is_some() => {
+                tracing::warn!(backend = %self.backend, "upstream sent an error object mid-stream");
+                self.fail(protocol(&self.backend, "the upstream reported an error"));
+            }
+            Ok(chunk) => chunk_events(chunk, &mut self.pending),
+            Err(e) => {
+                tracing::debug!(backend = %self.backend, error = %e, "malformed upstream chunk");
+                self.fail(protocol(&self.backend, "malformed JSON in an event"));
+            }
+        }
+    }
+
+    /// At end of body: `[DONE]` must have been seen (a server that omits only the blank line after
+    /// it is forgiven); anything else is a truncated answer.
+    fn on_eof(&mut self) {
+        self.body = None;
+        match self.parser.finish() {
+            Some(event) if event.data.trim() == "[DONE]" => self.done = true,
+            _ if self.done => {}
+            _ => self.fail(Error::UpstreamClosed {
+                backend: self.backend.to_string(),
+            }),
+        }
+    }
+
+    /// After `[DONE]`, reads the end of the HTTP body (usually already buffered) so the connection
+    /// can be pooled again, without making the consumer wait for it.
+    fn release_body(&mut self, cx: &mut Context<'_>) {
+        let Some(mut body) = self.body.take() else {
+            return;
+        };
+        match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {}
+            _ if body.is_end_stream() => {}
+            _ => {
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        let drain = async {
+                            let mut seen = 0usize;
+                            while let Some(Ok(frame)) = body.frame().await {
+                                seen += frame.data_ref().map_or(0, Bytes::len);
+                                if seen > MAX_ERROR_BODY {
+                                    break;
+                                }
+                            }
+                        };
+                        let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Stream for SseEvents {
+    type Item = Result<BackendEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(event) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            if let Some(err) = this.failure.take() {
+                this.finished = true;
+                return Poll::Ready(Some(Err(err)));
+            }
+            if this.done {
+                this.finished = true;
+                this.release_body(cx);
+                return Poll::Ready(None);
+            }
+            if this.total.as_mut().poll(cx).is_ready() {
+                this.fail(timeout(&this.backend, TimeoutPhase::Total));
+                continue;
+            }
+            let Some(body) = this.body.as_mut() else {
+                // Unreachable in practice: the body is only dropped with a failure or `done` set.
+                this.finished = true;
+                return Poll::Ready(None);
+            };
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        let next = Instant::now() + this.idle_timeout;
+                        this.idle.as_mut().reset(next);
+                        this.on_bytes(&data);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let err = body_error(&this.backend, &e);
+                    this.fail(err);
+                }
+                Poll::Ready(None) => this.on_eof(),
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        this.fail(timeout(&this.backend, TimeoutPhase::Idle));
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+// === wire conversion ===
+
+/// The deltas and usage of one chunk.
+fn chunk_events(chunk: WireChunk, out: &mut VecDeque<BackendEvent>) {
+    for choice in chunk.choices {
+        let delta = delta_from(choice.index, choice.delta, choice.finish_reason);
+        if delta.role.is_some()
+            || delta.content.is_some()
+            || delta.finish_reason.is_some()
+            || !delta.extra.is_empty()
+        {
+            out.push_back(BackendEvent::Delta(delta));
+        }
+    }
+    if let Some(u) = chunk.usage {
+        out.push_back(BackendEvent::Usage(u.into()));
+    }
+}
+
+/// A delta from a wire object: `role` and `content` are read, every other non-null field is
+/// passed through (`null` carries no increment).
+fn delta_from(
+    index: u32,
+    fields: Option<Map<String, Value>>,
+    finish_reason: Option<String>,
+) -> ChoiceDelta {
+    let mut delta = ChoiceDelta {
+        index,
+        finish_reason,
+        ..ChoiceDelta::default()
+    };
+    for (key, value) in fields.unwrap_or_default() {
+        match (key.as_str(), value) {
+            (_, Value::Null) => {}
+            ("role", Value::String(s)) => delta.role = Some(s),
+            ("content", Value::String(s)) => delta.content = Some(s),
+            (_, value) => {
+                delta.extra.insert(key, value);
+            }
+        }
+    }
+    delta
+}
+
+/// The events of a non-streaming `chat.completion`: per choice, one delta with the message and
+/// one with the finish reason (the shape a stream would have had), then usage.
+fn completion_events(bytes: &[u8]) -> Option<Vec<BackendEvent>> {
+    let completion: WireChunk = serde_json::from_slice(bytes).ok()?;
+    let mut out = Vec::with_capacity(completion.choices.len() * 2 + 1);
+    for choice in completion.choices {
+        let mut delta = delta_from(choice.index, choice.message, None);
+        // Streamed tool calls are fragments keyed by `index`; a whole message's calls get theirs
+        // from their position, so the collector merges them the same way.
+        if let Some(Value::Array(calls)) = delta.extra.get_mut("tool_calls") {
+            for (i, call) in calls.iter_mut().enumerate() {
+                if let Some(obj) = call.as_object_mut() {
+                    obj.entry("index").or_insert(Value::from(i));
+                }
+            }
+        }
+        out.push(BackendEvent::Delta(delta));
+        if let Some(reason) = choice.finish_reason {
+            out.push(BackendEvent::Delta(ChoiceDelta {
+                index: choice.index,
+                finish_reason: Some(reason),
+                ..ChoiceDelta::default()
+            }));
+        }
+    }
+    if let Some(u) = completion.usage {
+        out.push(BackendEvent::Usage(u.into()));
+    }
+    Some(out)
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Self {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u
+                .total_tokens
+                .unwrap_or(u.prompt_tokens + u.completion_tokens),
+        }
+    }
+}
+
+// === helpers ===
+
+/// `{base_url}/chat/completions`, keeping scheme and authority.
+fn chat_uri(base: &Uri) -> anyhow::Result<Uri> {
+    let path = base.path().trim_end_matches('/');
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(format!("{path}/chat/completions"))?);
+    Ok(Uri::from_parts(parts)?)
+}
+
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn timeout(backend: &str, phase: TimeoutPhase) -> Error {
+    Error::UpstreamTimeout {
+        backend: backend.to_owned(),
+        phase,
+    }
+}
+
+/// A protocol error. `detail` reaches the client, so it is always a fixed description, never
+/// upstream content.
+fn protocol(backend: &str, detail: &str) -> Error {
+    Error::UpstreamProtocol {
+        backend: backend.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
+/// The error chain as one line, for logs and `UpstreamUnreachable::detail` (never shown to
+/// clients). Connection errors carry no headers, so the key cannot appear here.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Whether any error in the chain is an I/O error of this kind.
+fn has_io_kind(e: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// Maps a failure before the response headers.
+fn request_error(backend: &str, e: &hyper_util::client::legacy::Error) -> Error {
+    tracing::debug!(backend, error = %chain(e), "upstream request failed");
+    if e.is_connect() {
+        if has_io_kind(e, std::io::ErrorKind::TimedOut) {
+            return timeout(backend, TimeoutPhase::Connect);
+        }
+        return Error::UpstreamUnreachable {
+            backend: backend.to_owned(),
+            detail: chain(e),
+        };
+    }
+    let hyper_error = {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut found = None;
+        while let Some(err) = current {
+            if let Some(h) = err.downcast_ref::<hyper::Error>() {
+                found = Some(h);
+                break;
+            }
+            current = err.source();
+        }
+        found
+    };
+    match hyper_error {
+        Some(h) if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() => {
+            protocol(backend, "the upstream sent an invalid HTTP response")
+        }
+        _ => Error::UpstreamClosed {
+            backend: backend.to_owned(),
+        },
+    }
+}
+
+/// Maps a failure while reading a body: the connection went away (reset, truncated chunked
+/// encoding, HTTP/2 reset) before the answer was complete.
+fn body_error(backend: &str, e: &hyper::Error) -> Error {
+    tracing::debug!(backend, error = %chain(e), "upstream body failed");
+    Error::UpstreamClosed {
+        backend: backend.to_owned(),
+    }
+}
+
+/// An `UpstreamStatus` with the start of the upstream's body, read within the idle and total
+/// deadlines. A body that cannot be read is replaced by what was read of it: the status is what
+/// matters.
+async fn status_error(
+    backend: &str,
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    body: Incoming,
+    idle: Duration,
+    total_deadline: Instant,
+) -> Error {
+    let mut kept = BytesMut::new();
+    let mut body = body;
+    let read = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                let room = MAX_ERROR_BODY - kept.len();
+                kept.extend_from_slice(&data[..data.len().min(room)]);
+                if kept.len() >= MAX_ERROR_BODY {
+                    break;
+                }
+            }
+        }
+    };
+    let deadline = (Instant::now() + idle).min(total_deadline);
+    let _ = tokio::time::timeout_at(deadline, read).await;
+    tracing::debug!(
+        backend,
+        status = status.as_u16(),
+        "upstream answered with an error status"
+    );
+    Error::UpstreamStatus {
+        backend: backend.to_owned(),
+        status,
+        body: kept.freeze(),
+        content_type,
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes, with the idle gap applying between frames.
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    idle: Duration,
+    total_deadline: Instant,
+) -> Result<Bytes, ReadError> {
+    let mut out = BytesMut::new();
+    loop {
+        let deadline = (Instant::now() + idle).min(total_deadline);
+        let phase = if deadline == total_deadline {
+            TimeoutPhase::Total
+        } else {
+            TimeoutPhase::Idle
+        };
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(ReadError::Timeout(phase)),
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(Err(e))) => return Err(ReadError::Read(e)),
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if out.len() + data.len() > limit {
+                        return Err(ReadError::TooLarge);
+                    }
+                    out.extend_from_slice(data);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_uri_appends_to_the_base_path() {
+        let uri = |s: &str| chat_uri(&s.parse().unwrap()).unwrap().to_string();
+        assert_eq!(
+            uri("http://127.0.0.1:9101/v1"),
+            "http://127.0.0.1:9101/v1/chat/completions"
+        );
+        assert_eq!(
+            uri("https://api.example.com"),
+            "https://api.example.com/chat/completions"
+        );
+        assert_eq!(
+            uri("https://h/openai/v1/"),
+            "https://h/openai/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn chunk_becomes_deltas_with_extra_fields_and_usage() {
+        let chunk: WireChunk = serde_json::from_str(
+            r#"{"choices":[{"index":1,"delta":{"role":"assistant","content":"hi","refusal":null,
+                "tool_calls":[{"index":0,"id":"c1"}]},"finish_reason":null},
+                {"index":0,"delta":{},"finish_reason":"stop"},
+                {"index":2,"delta":{"content":null}}],
+                "usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{}}}"#,
+        )
+        .unwrap();
+        let mut out = VecDeque::new();
+        chunk_events(chunk, &mut out);
+        let out: Vec<_> = out.into_iter().collect();
+        assert_eq!(out.len(), 3, "{out:?}");
+        let BackendEvent::Delta(d) = &out[0] else {
+            panic!("delta expected")
+        };
+        assert_eq!(d.index, 1);
+        assert_eq!(d.role.as_deref(), Some("assistant"));
+        assert_eq!(d.content.as_deref(), Some("hi"));
+        assert!(!d.extra.contains_key("refusal"));
+        assert_eq!(d.extra["tool_calls"][0]["id"], "c1");
+        let BackendEvent::Delta(d) = &out[1] else {
+            panic!("delta expected")
+        };
+        assert_eq!(d.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(out[2], BackendEvent::Usage(Usage::new(3, 4)));
+    }
+
+    #[test]
+    fn completion_becomes_message_delta_finish_and_usage() {
+        let events = completion_events(
+            br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":
+            {"role":"assistant","content":null,"tool_calls":[{"id":"a","type":"function",
+            "function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}],
+            "usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(events.len(), 3);
+        let BackendEvent::Delta(d) = &events[0] else {
+            panic!("delta expected")
+        };
+        assert_eq!(d.content, None);
+        assert_eq!(d.extra["tool_calls"][0]["index"], 0);
+        assert_eq!(events[2], BackendEvent::Usage(Usage::new(1, 2)));
+        assert!(completion_events(b"not json").is_none());
+    }
+
+    #[test]
+    fn connect_timeout_is_told_apart_from_refusal() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let timed_out = Outer(std::io::Error::new(std::io::ErrorKind::TimedOut, "x"));
+        let refused = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "x",
+        ));
+        assert!(has_io_kind(&timed_out, std::io::ErrorKind::TimedOut));
+        assert!(!has_io_kind(&refused, std::io::ErrorKind::TimedOut));
+        assert_eq!(chain(&refused), "outer: x");
+    }
+
+    #[test]
+    fn json_content_type_detection() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert!(is_json(Some(&v("application/json"))));
+        assert!(is_json(Some(&v("Application/JSON; charset=utf-8"))));
+        assert!(!is_json(Some(&v("text/event-stream"))));
+        assert!(!is_json(None));
     }
 }
