@@ -1,0 +1,218 @@
+//! The whole stack against a real (in-process) OpenAI-compatible upstream with fault modes:
+//! every fault ends in the right status or SSE error event, and nothing stays in flight.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use sluice::mock_upstream::{MockConfig, MockUpstream};
+
+const ANSWER: &str = "The quick brown fox jumps over the lazy dog, twice: é ü 漢字 🦀.";
+
+async fn setup() -> (MockUpstream, TestGateway) {
+    let mock = MockUpstream::start(MockConfig::with_text(ANSWER))
+        .await
+        .unwrap();
+    let base = mock.base_url();
+    let model = |name: &str, backend: &str, upstream: &str| {
+        format!("[models.{name}]\nbackend = \"{backend}\"\nupstream_model = \"{upstream}\"\nretry = {{ attempts = 1 }}\n")
+    };
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[backends.up]
+type = "openai"
+base_url = "{base}"
+
+[backends.impatient]
+type = "openai"
+base_url = "{base}"
+first_byte_timeout = "300ms"
+idle_timeout = "300ms"
+
+[backends.down]
+type = "openai"
+base_url = "http://127.0.0.1:1/v1"
+
+{}{}{}{}{}{}{}{}{}{}"#,
+        model("mock", "up", "mock"),
+        model("e500", "up", "fault:status:500"),
+        model("e422", "up", "fault:status:422"),
+        model("slow", "impatient", "fault:slow:5000"),
+        model("stall", "impatient", "fault:stall:2"),
+        model("reset", "up", "fault:reset:2"),
+        model("malformed", "up", "fault:malformed:2"),
+        model("nodone", "up", "fault:no-done"),
+        model("json", "up", "fault:json"),
+        model("down", "down", "mock"),
+    );
+    let gw = TestGateway::start(&config, vec![]).await;
+    (mock, gw)
+}
+
+fn body(model: &str, stream: bool) -> serde_json::Value {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+fn content(events: &[String]) -> String {
+    events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let v: serde_json::Value = serde_json::from_str(e).unwrap();
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+fn last_error_code(events: &[String]) -> String {
+    let v: serde_json::Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    v["error"]["code"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn content_passes_unchanged_streamed_and_collected() {
+    let (mock, gw) = setup().await;
+    let mut b = body("mock", true);
+    b["stream_options"] = json!({"include_usage": true});
+    let r = chat(&gw, &b).await;
+    assert_eq!(r.status, 200);
+    let events = r.events();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert_eq!(content(&events), ANSWER);
+    let usage: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+
+    let r = chat(&gw, &body("mock", false)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["choices"][0]["message"]["content"], ANSWER);
+    // The upstream saw the upstream model name and a stream request.
+    let seen = mock.last_request().unwrap().json().unwrap();
+    assert_eq!(seen["model"], "mock");
+    assert_eq!(seen["stream"], true);
+    gw.idle().await;
+    assert_eq!(mock.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn unknown_fields_reach_the_upstream_unchanged() {
+    let (mock, gw) = setup().await;
+    let mut b = body("mock", false);
+    b["logit_bias"] = json!({"50256": -100});
+    b["user"] = json!("end-user-7");
+    b["tools"] = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    assert_eq!(chat(&gw, &b).await.status, 200);
+    let seen = mock.last_request().unwrap().json().unwrap();
+    assert_eq!(seen["logit_bias"], b["logit_bias"]);
+    assert_eq!(seen["user"], "end-user-7");
+    assert_eq!(seen["tools"], b["tools"]);
+}
+
+#[tokio::test]
+async fn faults_before_the_first_byte_are_statuses() {
+    let (_mock, gw) = setup().await;
+    for stream in [true, false] {
+        let cases = [
+            ("e500", 502, "upstream_error"),
+            ("slow", 504, "upstream_timeout"),
+            ("down", 502, "upstream_unreachable"),
+        ];
+        for (model, status, code) in cases {
+            let r = chat(&gw, &body(model, stream)).await;
+            assert_eq!(r.status, status, "{model} stream={stream}: {}", r.text());
+            assert_eq!(r.json()["error"]["code"], code, "{model}");
+        }
+        let r = chat(&gw, &body("e422", stream)).await;
+        assert_eq!(r.status, 422, "an upstream 4xx is passed through");
+        assert!(r.json()["error"]["message"].is_string());
+    }
+    gw.idle().await;
+    let text = String::from_utf8(gw.metrics.render()).unwrap();
+    assert!(
+        text.contains("sluice_upstream_errors_total{backend=\"down\",kind=\"connect\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "sluice_upstream_errors_total{backend=\"impatient\",kind=\"timeout_first_byte\"} 2"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn faults_after_the_first_byte_are_error_events_without_done() {
+    let (mock, gw) = setup().await;
+    for (model, code) in [
+        ("stall", "upstream_timeout"),
+        ("reset", "upstream_closed"),
+        ("malformed", "upstream_protocol_error"),
+        ("nodone", "upstream_closed"),
+    ] {
+        let r = chat(&gw, &body(model, true)).await;
+        assert_eq!(r.status, 200, "{model}");
+        let events = r.events();
+        assert!(!events.iter().any(|e| e == "[DONE]"), "{model}: {events:?}");
+        assert_eq!(last_error_code(&events), code, "{model}: {events:?}");
+        assert!(
+            !content(&events).is_empty(),
+            "{model}: content came before the fault"
+        );
+        // The same fault without streaming is a status, never partial JSON.
+        let r = chat(&gw, &body(model, false)).await;
+        assert!(r.status >= 500, "{model}: {}", r.status);
+        assert!(r.json()["error"]["code"].is_string());
+    }
+    gw.idle().await;
+    mock.wait_in_flight(0).await;
+}
+
+#[tokio::test]
+async fn a_json_answer_to_a_stream_request_is_still_streamed() {
+    let (_mock, gw) = setup().await;
+    let r = chat(&gw, &body("json", true)).await;
+    let events = r.events();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert_eq!(content(&events), ANSWER);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_drops_the_upstream_request() {
+    let mock = MockUpstream::start(MockConfig {
+        gap: Duration::from_secs(3600),
+        ..MockConfig::with_text(ANSWER)
+    })
+    .await
+    .unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[backends.up]\ntype = \"openai\"\nbase_url = \"{}\"\n[models.mock]\nbackend = \"up\"\n",
+        mock.base_url()
+    );
+    let gw = TestGateway::start(&config, vec![]).await;
+    let resp = open_stream(&gw, &body("mock", true)).await;
+    let mut stream = resp.into_body();
+    read_until(&mut stream, "\"role\"").await;
+    assert_eq!(mock.in_flight(), 1);
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(10), mock.wait_in_flight(0))
+        .await
+        .expect("the upstream request was not dropped");
+    gw.idle().await;
+}
+
+#[tokio::test]
+async fn readiness_follows_the_upstream() {
+    let (_mock, gw) = setup().await;
+    let r = send("GET", &gw.url("/readyz"), &[], "").await;
+    assert_eq!(r.status, 503, "backend `down` is unreachable");
+    let v = r.json();
+    assert_eq!(v["backends"]["up"]["ready"], true);
+    assert_eq!(v["backends"]["down"]["ready"], false);
+}
