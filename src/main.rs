@@ -145,5 +145,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config = %config.source.display(),
         "sluice is serving"
     );
+    let state = gateway.state();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let _ = state.reload("SIGHUP").await;
+            }
+        }
+    });
     gateway.serve(sluice::shutdown::os_signal()).await
 }

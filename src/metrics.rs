@@ -54,6 +54,8 @@ pub struct Metrics {
     pub canary_rollbacks: IntCounterVec,
     /// Registry data: version, owner and approver of each model; always 1.
     pub model_info: IntGaugeVec,
+    /// Config reloads by result (ok, error).
+    pub config_reloads: IntCounterVec,
     /// 429s from rate limits, by limit kind and key name.
     pub rate_limited: IntCounterVec,
     /// Local models: time a request waited for a generation slot.
@@ -173,6 +175,11 @@ impl Metrics {
                 &["model", "version", "owner", "approved_by"],
             )
             .unwrap_or_else(|e| panic!("metric model_info: {e}")),
+            config_reloads: counter(
+                "sluice_config_reloads_total",
+                "Config reloads by result.",
+                &["result"],
+            ),
             rate_limited: counter(
                 "sluice_rate_limited_total",
                 "Requests refused by a rate limit, by limit kind and key name.",
@@ -233,6 +240,7 @@ impl Metrics {
             Box::new(m.in_flight.clone()),
             Box::new(m.streams_aborted.clone()),
             Box::new(m.rate_limited.clone()),
+            Box::new(m.config_reloads.clone()),
             Box::new(m.target_requests.clone()),
             Box::new(m.fallbacks.clone()),
             Box::new(m.retries.clone()),

@@ -176,8 +176,29 @@ async fn concurrency_cap_per_key() {
     assert_eq!(chat_as(&gw, Some("sk-alice"), "m").await.status, 200);
 }
 
+/// Captures every log line of this test binary.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn keys_never_reach_logs_or_metrics() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .try_init();
     let gw = TestGateway::start(
         &config("requests_per_minute = 1"),
         vec![ScriptedBackend::new("b", vec![])],

@@ -118,6 +118,7 @@ where
 
     let mut request = validate::decode(&bytes)?;
     let route = state
+        .live()
         .routes
         .get(&request.model)
         .cloned()
@@ -146,6 +147,7 @@ where
     let opened = route.router.open(&request, &request_id).await;
     record.backend_wait += waited.elapsed();
     let opened = opened.inspect_err(|e| {
+        record.upstream_error_counted = e.is_retryable();
         if let Error::UpstreamUnreachable { backend, .. }
         | Error::UpstreamTimeout { backend, .. }
         | Error::UpstreamStatus { backend, .. }

@@ -1,5 +1,6 @@
 //! Request handlers and the router that picks one.
 
+pub mod admin;
 pub mod chat;
 pub mod record;
 
@@ -69,6 +70,9 @@ where
     let method = req.method().clone();
     let api = listener == Listener::Api;
     let metrics_here = listener == Listener::Admin || state.metrics_on_api;
+    if !api && path.starts_with("/admin/") {
+        return admin::handle(&state, req).await;
+    }
     let allowed: &[Method] = match path.as_str() {
         "/v1/chat/completions" | "/chat/completions" if api => &[Method::POST],
         "/v1/models" | "/models" if api => &[Method::GET],
@@ -115,7 +119,8 @@ where
 }
 
 fn models(state: &AppState, caller: &Caller) -> Response<Body> {
-    let data: Vec<_> = state
+    let live = state.live();
+    let data: Vec<_> = live
         .routes
         .values()
         .filter(|r| caller.may_use(&r.model.name))
@@ -147,9 +152,9 @@ async fn readyz(state: &AppState) -> Response<Body> {
     if state.shutdown.is_draining() {
         return body::json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#);
     }
+    let live = state.live();
     let checks = futures_util::future::join_all(
-        state
-            .backends
+        live.backends
             .iter()
             .map(|(name, b)| async move { (name.clone(), b.readiness().await) }),
     )

@@ -66,6 +66,8 @@ pub struct RequestRecord {
     content_bytes: usize,
     /// Content events sent, the lower bound of completion tokens for a cut stream.
     content_events: u64,
+    /// The router already counted this request's upstream error.
+    pub upstream_error_counted: bool,
 }
 
 // === impl RequestRecord ===
@@ -91,6 +93,7 @@ impl RequestRecord {
             admission: None,
             content_bytes: 0,
             content_events: 0,
+            upstream_error_counted: false,
         }
     }
 
@@ -113,7 +116,7 @@ impl RequestRecord {
 
     fn note_error(&mut self, err: &Error) {
         self.error_code = err.code().map(str::to_owned);
-        if let Some(kind) = err.upstream_kind() {
+        if let Some(kind) = err.upstream_kind().filter(|_| !self.upstream_error_counted) {
             let backend = if self.backend.is_empty() {
                 "unknown"
             } else {

@@ -82,7 +82,7 @@ where
                 inner: self.inner.call(req),
             };
         }
-        match self.state.keys.authenticate(req.headers()) {
+        match self.state.live().keys.authenticate(req.headers()) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
                 ResponseFuture::Inner {

@@ -253,7 +253,6 @@ impl ModelRouter {
         self.budget.deposit();
         let plan = self.plan();
         let mut last: Option<Error> = None;
-        let mut last_backend = String::new();
         for (i, target) in plan.iter().enumerate() {
             if i > 0 {
                 self.metrics
@@ -333,18 +332,14 @@ impl ModelRouter {
                         });
                     }
                     Err(e) if e.is_retryable() => {
-                        // The error that ends the request is counted by the handler; the ones
-                        // overcome by a retry or fallback are counted here.
-                        if let Some((backend, kind)) = last
-                            .as_ref()
-                            .and_then(|p| Some((last_backend.clone(), p.upstream_kind()?)))
-                        {
+                        // Every retryable failure is counted here, including the one that may
+                        // end the request (the handler does not count it again).
+                        if let Some(kind) = e.upstream_kind() {
                             self.metrics
                                 .upstream_errors
-                                .with_label_values(&[backend.as_str(), kind])
+                                .with_label_values(&[replica.backend.name(), kind])
                                 .inc();
                         }
-                        last_backend = replica.backend.name().to_owned();
                         tracing::debug!(model = %self.model.name, target = target.name(), attempt, error = %e, "retryable failure");
                         target.breaker.record(false);
                         self.publish_breaker(target);
@@ -436,6 +431,26 @@ impl ModelRouter {
         f.insert("enabled".into(), on.into());
         f.insert("who".into(), who.into());
         self.audit.record("model_switched", f);
+    }
+
+    /// Takes over what operators and guards changed at runtime on the router this one replaces:
+    /// a switched-off model or target stays off, and a weight changed at runtime (an admin
+    /// change, a canary rollback) stays — unless the new config itself changes that setting.
+    pub fn carry_over(&self, old: &ModelRouter) {
+        if !old.is_enabled() {
+            self.enabled.store(false, Ordering::Relaxed);
+        }
+        for t in &self.targets {
+            let Some(prev) = old.target(t.name()) else {
+                continue;
+            };
+            if !prev.is_enabled() {
+                t.enabled.store(false, Ordering::Relaxed);
+            }
+            if prev.config.weight == t.config.weight && prev.weight() != prev.config.weight {
+                t.weight.store(prev.weight(), Ordering::Relaxed);
+            }
+        }
     }
 
     /// The state of every target, for the admin API.

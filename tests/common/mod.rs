@@ -207,6 +207,11 @@ impl TestGateway {
     /// Starts a gateway from `config`, replacing built backends by `overrides` of the same name.
     pub async fn start(config: &str, overrides: Vec<Arc<dyn Backend>>) -> TestGateway {
         let config = Config::from_toml(config, Path::new("test.toml"), &|_| None).unwrap();
+        Self::start_config(config, overrides).await
+    }
+
+    /// Starts a gateway from a checked config.
+    pub async fn start_config(config: Config, overrides: Vec<Arc<dyn Backend>>) -> TestGateway {
         let metrics = Arc::new(Metrics::new());
         let mut backends = sluice::backends::build(&config, &metrics).await.unwrap();
         for b in overrides {
