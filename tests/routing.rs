@@ -445,3 +445,37 @@ async fn reload_swaps_valid_config_keeps_last_good_and_limiter_state() {
     assert!(text.contains("sluice_config_reloads_total{result=\"ok\"} 1"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn mock_faults_drive_retry_fallback_and_breaker() {
+    let (primary, backup, gw) = two_mocks_gateway(
+        r#"targets = [{ backend = "primary", weight = 100 }, { backend = "backup", weight = 0 }]
+fallbacks = ["backup"]
+retry = { attempts = 2, backoff = "1ms", budget_min_per_second = 100 }
+breaker = { consecutive_failures = 2, open_for = "1h" }"#,
+        "",
+    )
+    .await;
+    let body = json!({"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]});
+    primary.set_fault(Some(Fault::Status(503)));
+    // Attempt, retry (both 503: the breaker opens), then the fallback answers.
+    let r = chat(&gw, &body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-sluice-target"], "backup");
+    assert_eq!(primary.requests(), 2);
+    assert_eq!(gw.metrics.retries.with_label_values(&["m"]).get(), 1);
+    assert_eq!(gw.metrics.fallbacks.with_label_values(&["m"]).get(), 1);
+    // The breaker is open: the primary is not tried at all any more.
+    primary.set_fault(None);
+    for _ in 0..5 {
+        assert_eq!(chat(&gw, &body).await.headers["x-sluice-target"], "backup");
+    }
+    assert_eq!(primary.requests(), 2);
+    assert_eq!(backup.requests(), 6);
+    let text = String::from_utf8(gw.metrics.render()).unwrap();
+    assert!(
+        text.contains("sluice_breaker_state{model=\"m\",target=\"primary\"} 2"),
+        "{text}"
+    );
+    gw.idle().await;
+}
