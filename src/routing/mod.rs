@@ -379,17 +379,28 @@ impl ModelRouter {
             .canary_rollbacks
             .with_label_values(&[self.model.name.as_str(), target.name()])
             .inc();
-        let mut f = Map::new();
-        f.insert("model".into(), self.model.name.clone().into());
-        f.insert("target".into(), target.name().into());
-        f.insert("reason".into(), reason.into());
-        f.insert("who".into(), "canary_guard".into());
-        self.audit.record("canary_rollback", f);
+        self.audit_record(
+            "canary_rollback",
+            &[
+                ("model", Value::from(self.model.name.clone())),
+                ("target", Value::from(target.name())),
+                ("reason", Value::from(reason)),
+                ("who", Value::from("canary_guard")),
+            ],
+        );
     }
 
     /// Records an output guardrail trip against the target that served (for its canary guard).
     pub fn guardrail_tripped(&self, target: &Target, latency: Duration) {
         self.report(target, true, latency, true);
+    }
+
+    fn audit_record(&self, event: &str, fields: &[(&str, Value)]) {
+        let map: Map<String, Value> = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        self.audit.record(event, map);
     }
 
     /// Sets a target's weight (admin API).
@@ -398,13 +409,16 @@ impl ModelRouter {
             .target(target)
             .ok_or_else(|| format!("no target `{target}`"))?;
         let old = t.weight.swap(weight, Ordering::Relaxed);
-        let mut f = Map::new();
-        f.insert("model".into(), self.model.name.clone().into());
-        f.insert("target".into(), target.into());
-        f.insert("from".into(), old.into());
-        f.insert("to".into(), weight.into());
-        f.insert("who".into(), who.into());
-        self.audit.record("weight_set", f);
+        self.audit_record(
+            "weight_set",
+            &[
+                ("model", Value::from(self.model.name.clone())),
+                ("target", Value::from(target)),
+                ("from", Value::from(old)),
+                ("to", Value::from(weight)),
+                ("who", Value::from(who)),
+            ],
+        );
         Ok(())
     }
 
@@ -414,23 +428,29 @@ impl ModelRouter {
             .target(target)
             .ok_or_else(|| format!("no target `{target}`"))?;
         t.enabled.store(on, Ordering::Relaxed);
-        let mut f = Map::new();
-        f.insert("model".into(), self.model.name.clone().into());
-        f.insert("target".into(), target.into());
-        f.insert("enabled".into(), on.into());
-        f.insert("who".into(), who.into());
-        self.audit.record("target_switched", f);
+        self.audit_record(
+            "target_switched",
+            &[
+                ("model", Value::from(self.model.name.clone())),
+                ("target", Value::from(target)),
+                ("enabled", Value::from(on)),
+                ("who", Value::from(who)),
+            ],
+        );
         Ok(())
     }
 
     /// Switches the whole model on or off: the kill switch (admin API).
     pub fn set_enabled(&self, on: bool, who: &str) {
         self.enabled.store(on, Ordering::Relaxed);
-        let mut f = Map::new();
-        f.insert("model".into(), self.model.name.clone().into());
-        f.insert("enabled".into(), on.into());
-        f.insert("who".into(), who.into());
-        self.audit.record("model_switched", f);
+        self.audit_record(
+            "model_switched",
+            &[
+                ("model", Value::from(self.model.name.clone())),
+                ("enabled", Value::from(on)),
+                ("who", Value::from(who)),
+            ],
+        );
     }
 
     /// Takes over what operators and guards changed at runtime on the router this one replaces:
