@@ -77,10 +77,7 @@ impl Generator<'_> {
                 self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
                 Outcome::Cancelled
             }
-            Ok(o) => {
-                self.stats.completed.fetch_add(1, Ordering::Relaxed);
-                o
-            }
+            Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "local generation failed");
                 let _ = events.send(Err(Error::Internal(format!("local generation: {e:#}"))));
@@ -176,6 +173,8 @@ impl Generator<'_> {
             return Ok(Outcome::Cancelled);
         }
         let reason = if reason == "length" { "length" } else { "stop" };
+        // Counted before the last events go out, so whoever reads them sees the count.
+        self.stats.completed.fetch_add(1, Ordering::Relaxed);
         send(delta(None, None, Some(reason)));
         send(BackendEvent::Usage(Usage::new(
             prompt.len() as u64,
