@@ -44,9 +44,7 @@ pub fn run(
         prompt_tokens > 0 && gen_tokens > 0,
         "token counts must be positive"
     );
-    if config.threads > 0 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", config.threads.to_string());
-    }
+    super::model::configure_threads(config.threads);
     let started = Instant::now();
     let model = LoadedModel::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let load_secs = started.elapsed().as_secs_f64();

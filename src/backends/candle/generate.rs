@@ -176,6 +176,8 @@ impl Generator<'_> {
         // Counted before the last events go out, so whoever reads them sees the count.
         self.stats.completed.fetch_add(1, Ordering::Relaxed);
         send(delta(None, None, Some(reason)));
+        // Every sampled token counts, the end-of-turn token included: it cost a model step, and
+        // OpenAI and vLLM count it too (llama.cpp's server does not).
         send(BackendEvent::Usage(Usage::new(
             prompt.len() as u64,
             generated as u64,

@@ -114,7 +114,7 @@ impl CandleBackend {
         if !config.model_path().is_file() && config.source.is_some() && config.auto_pull {
             pull(&config).await?;
         }
-        configure_threads(config.threads);
+        model::configure_threads(config.threads);
         let cfg = config.clone();
         let model = tokio::task::spawn_blocking(move || LoadedModel::load(&cfg))
             .await
@@ -195,14 +195,6 @@ pub fn gguf_tokenizer(path: &std::path::Path) -> anyhow::Result<tokenizers::Toke
     );
     let ct = candle_core::quantized::gguf_file::Content::read(&mut f)?;
     gguf_tokenizer::from_gguf(&ct)
-}
-
-/// candle's CPU kernels run on one process-wide pool sized from `CANDLE_NUM_THREADS` when it is
-/// first used; this is the only way to size it. An operator's own setting wins.
-fn configure_threads(threads: usize) {
-    if threads > 0 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-    }
 }
 
 impl Backend for CandleBackend {

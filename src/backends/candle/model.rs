@@ -189,6 +189,14 @@ impl LanguageModel for Session {
     }
 }
 
+/// candle's CPU kernels run on one process-wide pool sized from `CANDLE_NUM_THREADS` when it is
+/// first used; this is the only way to size it. An operator's own setting wins.
+pub fn configure_threads(threads: usize) {
+    if threads > 0 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    }
+}
+
 /// Quantization types candle multiplies without SIMD on x86.
 fn is_slow(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
