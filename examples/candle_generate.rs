@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use sluice::api::types::{BackendEvent, ChatRequest};
 use sluice::backends::candle::{CandleBackend, CandleConfig, Source};
 use sluice::backends::{Backend, BackendRequest, Readiness};
-use sluice::config::{ModelConfig, ModelLimits};
+use sluice::config::Config;
 use sluice::metrics::Metrics;
 
 #[tokio::main]
@@ -60,17 +60,17 @@ async fn main() -> anyhow::Result<()> {
         "temperature": temperature,
     }))?;
     let req = BackendRequest {
-        model: Arc::new(ModelConfig {
-            name: "local".into(),
-            backend: "local".into(),
-            upstream_model: "local".into(),
-            limits: ModelLimits {
-                max_tokens: 4096,
-                default_max_tokens: max_tokens,
-                max_messages: 16,
-                max_prompt_bytes: 1 << 20,
-            },
-        }),
+        model: Arc::new(
+            Config::from_toml(
+                &format!(
+                    "[backends.local]\ntype = \"candle\"\nmodel = \"m.gguf\"\n\n[models.local]\nbackend = \"local\"\ndefault_max_tokens = {max_tokens}\n"
+                ),
+                std::path::Path::new("example.toml"),
+                &|_| None,
+            )?
+            .models["local"]
+            .clone(),
+        ),
         request,
         request_id: "example".into(),
     };

@@ -12,7 +12,7 @@ use serde_json::json;
 use sluice::api::types::{BackendEvent, ChatRequest, Usage};
 use sluice::backends::candle::{pull, CandleBackend, CandleConfig, Source};
 use sluice::backends::{Backend, BackendRequest, EventStream, Readiness};
-use sluice::config::{ModelConfig, ModelLimits};
+use sluice::config::{Config, ModelConfig};
 use sluice::metrics::Metrics;
 use sluice::Error;
 use tokio::sync::OnceCell;
@@ -51,22 +51,30 @@ async fn backend(tweak: impl FnOnce(&mut CandleConfig)) -> (CandleBackend, Arc<M
     (b, metrics)
 }
 
+/// The model as the gateway would configure it, read from TOML so new keys keep their defaults.
+fn model_config() -> ModelConfig {
+    let text = r#"
+[backends.local]
+type = "candle"
+model = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+[models.smol]
+backend = "local"
+max_tokens = 4096
+default_max_tokens = 16
+"#;
+    Config::from_toml(text, std::path::Path::new("test.toml"), &|_| None)
+        .unwrap()
+        .models["smol"]
+        .clone()
+}
+
 fn request(body: serde_json::Value) -> BackendRequest {
     let mut body = body;
     body["model"] = json!("smol");
     let request: ChatRequest = serde_json::from_value(body).unwrap();
     BackendRequest {
-        model: Arc::new(ModelConfig {
-            name: "smol".into(),
-            backend: "local".into(),
-            upstream_model: "smol".into(),
-            limits: ModelLimits {
-                max_tokens: 4096,
-                default_max_tokens: 16,
-                max_messages: 16,
-                max_prompt_bytes: 65536,
-            },
-        }),
+        model: Arc::new(model_config()),
         request,
         request_id: "test".into(),
     }
