@@ -30,17 +30,28 @@ impl Detokenizer {
         self.ids.push(id);
         let before = self.decode(tokenizer, &self.ids[..self.read])?;
         let after = self.decode(tokenizer, &self.ids)?;
-        if after.len() <= before.len() || after.ends_with('\u{FFFD}') {
+        if after.ends_with('\u{FFFD}') {
+            // An incomplete character: wait for the rest of its bytes.
+            return Ok(None);
+        }
+        if after.len() <= before.len() {
+            // The token adds no text (a skipped special token): nothing to wait for either, so
+            // the window moves on instead of growing with every such token.
+            self.release();
             return Ok(None);
         }
         let Some(piece) = after.get(before.len()..) else {
             return Ok(None);
         };
         let piece = piece.to_owned();
-        // Keep the released tokens as context for the next piece, and drop older ones.
+        self.release();
+        Ok(Some(piece))
+    }
+
+    /// Marks every token as released: they stay as context for the next piece, older ones go.
+    fn release(&mut self) {
         self.ids.drain(..self.read);
         self.read = self.ids.len();
-        Ok(Some(piece))
     }
 
     /// Text of tokens not yet released (an incomplete character at the very end, rendered as
@@ -117,6 +128,19 @@ mod tests {
         }
         // The emoji (4 byte tokens) arrives as one piece, after its last byte.
         assert_eq!(stream(&t, "a😀b"), vec!["a", "😀", "b"]);
+    }
+
+    #[test]
+    fn tokens_without_text_do_not_pile_up() {
+        let mut t = byte_tokenizer();
+        t.add_special_tokens(&[tokenizers::AddedToken::from("<sp>", true)]);
+        let sp = t.token_to_id("<sp>").unwrap();
+        let mut d = Detokenizer::new();
+        for _ in 0..100 {
+            assert_eq!(d.push(&t, sp).unwrap(), None);
+        }
+        assert!(d.ids.len() <= 2, "{}", d.ids.len());
+        assert_eq!(d.push(&t, u32::from(b'z')).unwrap().as_deref(), Some("z"));
     }
 
     #[test]

@@ -115,8 +115,17 @@ pub fn info(ct: &Content, tokenizer: &Tokenizer) -> TokenizerInfo {
         eos_ids.push(id);
     }
     // Chat models end a turn with a token that is not always the GGUF's EOS; a template that
-    // closes turns with one of these would otherwise let the model run on into a new turn.
-    for end in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
+    // closes turns with one of these would otherwise let the model run on into a new turn. The
+    // list is the end-of-generation names llama.cpp recognises.
+    for end in [
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|eot_id|>",
+        "<|eom_id|>",
+        "<|end|>",
+        "<end_of_turn>",
+        "<EOT>",
+    ] {
         if let Some(id) = tokenizer.token_to_id(end) {
             eos_ids.push(id);
         }
