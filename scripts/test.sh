@@ -20,4 +20,7 @@ if ! "$PYTHON" -c "import openai" >/dev/null 2>&1; then
   "$PYTHON" -m pip install --quiet openai
 fi
 
+# Fetch the default model once (a no-op when it is cached and its hash matches).
+cargo run --quiet -- models pull --config config/sluice.toml
+
 cargo test --all-targets "$@"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use sluice::config::{Config, LogFormat, DEFAULT_PATH};
+use sluice::config::{BackendConfig, Config, LogFormat, DEFAULT_PATH};
 use sluice::metrics::Metrics;
 use sluice::server::Gateway;
 
@@ -28,6 +28,19 @@ enum Command {
     /// Work with API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Work with local models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Fetch (and verify) every local model file of a config that is missing from the cache.
+    Pull {
+        /// The config file.
+        #[arg(long, short, default_value = DEFAULT_PATH, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +99,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => serve(args),
+        Command::Models(ModelsCommand::Pull { config }) => pull(&config),
         Command::Keys(KeysCommand::Hash) => {
             let mut key = String::new();
             if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
@@ -95,6 +109,44 @@ fn main() -> ExitCode {
             println!("{}", sluice::auth::hash_hex(key.trim()));
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn pull(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for (name, backend) in &config.backends {
+        let BackendConfig::Candle(c) = backend else {
+            continue;
+        };
+        match runtime.block_on(sluice::backends::candle::pull(c)) {
+            Ok(path) => println!("{name}: {}", path.display()),
+            Err(e) => {
+                eprintln!("error: {name}: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -152,3 +152,30 @@ async fn openai_sdk_retries_a_429_and_succeeds_when_the_window_passes() {
     // The SDK's first attempt was refused, and its own retry, after `retry-after-ms`, succeeded.
     assert!(refusals() >= 2, "the SDK was never refused: {}", refusals());
 }
+
+#[tokio::test]
+async fn openai_sdk_against_the_local_model() {
+    let mut config = sluice::config::Config::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/sluice.toml"
+    )))
+    .unwrap();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    let gw = TestGateway::start_config(config, vec![]).await;
+    let report = run_sdk(gw.url("/v1"), "smollm2").await;
+    let text = report["non_stream"]["text"].as_str().unwrap();
+    assert!(!text.trim().is_empty(), "{report}");
+    // temperature 0: streaming and non-streaming give the same greedy text.
+    assert_eq!(
+        report["stream"]["text"], report["non_stream"]["text"],
+        "{report}"
+    );
+    assert!(
+        report["stream"]["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(report["models"][0], "smollm2");
+    gw.idle().await;
+}
