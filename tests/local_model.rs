@@ -75,3 +75,36 @@ async fn operating_limits_of_the_local_model() {
     assert_eq!(v["data"][0]["id"], "smollm2");
     assert_eq!(v["data"][0]["version"], "smollm2-135m-instruct-q4_1");
 }
+
+#[tokio::test]
+async fn token_limits_count_the_prompt_with_the_models_tokenizer() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.toml"));
+    let text = std::fs::read_to_string(path).unwrap().replace(
+        "default_max_tokens = 256",
+        "default_max_tokens = 256\ntokens_per_minute = 100000",
+    );
+    let mut config = Config::from_toml(&text, path, &|k| std::env::var(k).ok()).unwrap();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    let gw = TestGateway::start_config(config, vec![]).await;
+    // Dense scripts make the bytes/4 estimate far from the real count.
+    let mut body = greedy(false);
+    body["max_tokens"] = json!(4);
+    body["messages"][0]["content"] = json!("東京タワーは何色ですか？ 🗼🗼🗼 Ünïcödé ñandú");
+    let r = chat(&gw, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let prompt = r.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+    let remaining: u64 = r.headers["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        remaining,
+        100_000 - prompt,
+        "admission charged the tokenizer's count"
+    );
+    assert_ne!(
+        prompt,
+        sluice::limits::estimate_prompt_tokens(&serde_json::from_value(body).unwrap())
+    );
+}

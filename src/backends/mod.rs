@@ -56,6 +56,12 @@ pub trait Backend: Send + Sync {
     fn chat(&self, req: BackendRequest) -> ChatFuture;
     /// Whether the backend is usable now, for `/readyz`.
     fn readiness(&self) -> Pin<Box<dyn Future<Output = Readiness> + Send + '_>>;
+
+    /// The exact prompt token count of `request`, when the backend has the model's tokenizer.
+    /// Blocking and CPU-bound: call it off the async workers.
+    fn count_prompt_tokens(&self, _request: &ChatRequest) -> Option<u64> {
+        None
+    }
 }
 
 /// All configured backends, by name.

@@ -135,11 +135,10 @@ where
     if state.shutdown.is_draining() {
         return Err(Error::ShuttingDown);
     }
-    let admission = state.limits.admit(
-        caller.name(),
-        &route.model.name,
-        estimate_prompt_tokens(&request),
-    )?;
+    let prompt_tokens = prompt_tokens(state, &caller, &route, &request).await;
+    let admission = state
+        .limits
+        .admit(caller.name(), &route.model.name, prompt_tokens)?;
     let rate_headers = admission.headers.clone();
     record.admission = Some(admission);
 
@@ -176,6 +175,29 @@ where
         stream: opened.stream,
         rate_headers,
     })
+}
+
+/// Prompt tokens for admission: counted with the model's own tokenizer when a token limit applies
+/// and the backend has one (on a blocking thread), estimated otherwise.
+async fn prompt_tokens(
+    state: &AppState,
+    caller: &Caller,
+    route: &Route,
+    request: &ChatRequest,
+) -> u64 {
+    let estimate = estimate_prompt_tokens(request);
+    if !state.limits.counts_tokens(caller.name(), &route.model.name) {
+        return estimate;
+    }
+    let Some(backend) = route.router.counting_backend() else {
+        return estimate;
+    };
+    let req = request.clone();
+    tokio::task::spawn_blocking(move || backend.count_prompt_tokens(&req))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(estimate)
 }
 
 fn new_id() -> String {

@@ -130,7 +130,8 @@ pub struct RateLimits {
     refusals: IntCounterVec,
 }
 
-/// The estimate of prompt tokens used when no tokenizer is at hand: one token per four bytes of
+/// The estimate of prompt tokens used when the backend has no tokenizer at hand (remote
+/// endpoints): one token per four bytes of
 /// text, plus four per message for the chat template's framing. It errs high for English and low
 /// for scripts that tokenize densely; the real count corrects it when the response ends.
 pub fn estimate_prompt_tokens(req: &ChatRequest) -> u64 {
@@ -243,6 +244,17 @@ impl RateLimits {
             Ok(s) => s.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Whether a token limit applies to requests by `key` for `model` (only then is the prompt
+    /// worth counting exactly).
+    pub fn counts_tokens(&self, key: Option<&str>, model: &str) -> bool {
+        let s = self.current();
+        s.global.tokens.is_some()
+            || s.models.get(model).is_some_and(|m| m.tokens.is_some())
+            || key
+                .and_then(|k| s.keys.get(k))
+                .is_some_and(|k| k.tokens.is_some())
     }
 
     /// Checks every limit that applies to a request by `key` for `model` with a prompt of

@@ -189,6 +189,15 @@ impl ModelRouter {
         })
     }
 
+    /// The backend whose tokenizer counts prompts for this model: the first target's first
+    /// replica (targets of one model serve the same model family).
+    pub fn counting_backend(&self) -> Option<Arc<dyn Backend>> {
+        self.targets
+            .first()
+            .and_then(|t| t.replicas.first())
+            .map(|r| r.backend.clone())
+    }
+
     /// The targets, in config order.
     pub fn targets(&self) -> &[Arc<Target>] {
         &self.targets

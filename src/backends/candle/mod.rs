@@ -47,6 +47,7 @@ use self::sampler::SamplingParams;
 use self::worker::{QueueMetrics, Refused, WorkQueue};
 use super::{Backend, BackendRequest, ChatFuture, EventStream, Readiness};
 use crate::api::types::BackendEvent;
+use crate::api::types::ChatRequest;
 use crate::error::Error;
 use crate::metrics::Metrics;
 
@@ -254,6 +255,15 @@ impl Backend for CandleBackend {
             };
             Ok(event_stream(first, rx))
         })
+    }
+
+    fn count_prompt_tokens(&self, request: &ChatRequest) -> Option<u64> {
+        let State::Serving(s) = &self.state else {
+            return None;
+        };
+        let text = s.model.template.render(&request.messages).ok()?;
+        let encoded = s.model.tokenizer.encode(text.as_str(), false).ok()?;
+        Some(encoded.get_ids().len() as u64)
     }
 
     fn readiness(&self) -> Pin<Box<dyn Future<Output = Readiness> + Send + '_>> {
