@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod error;
+pub mod guardrails;
 pub mod handlers;
 pub mod layers;
 pub mod limits;

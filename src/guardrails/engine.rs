@@ -1,0 +1,408 @@
+//! The one-pass matcher and its incremental form.
+//!
+//! All of a direction's probes are compiled together: one `RegexSet` tells in a single pass which
+//! patterns occur at all (on clean text: none, and the scan ends there), one Aho-Corasick automaton
+//! finds every keyword of every rule, and only the patterns the set reported are run again to
+//! locate their matches and validate them.
+//!
+//! The same code serves a whole text and a stream. [`Engine::advance`] is given the text seen so
+//! far and reports only the matches that no further text can change; everything before the
+//! returned *settled* position is final. A match is final when no suffix of the buffer that starts
+//! at or before it can still grow into a match (see [`super::prefix`]) and the bytes its validator
+//! looks at have arrived. A whole text is simply a stream that has finished, so both paths find
+//! exactly the same matches.
+
+use aho_corasick::automaton::{Automaton, OverlappingState};
+use aho_corasick::{dfa::DFA, Anchored, Input as AcInput, MatchKind, StartKind};
+use regex::{Regex, RegexSet, RegexSetBuilder};
+use regex_automata::meta;
+use regex_automata::Input;
+use regex_syntax::hir::{Hir, Look};
+
+use super::probe::{Candidate, ProbeSpec, CONTEXT_BEFORE};
+
+/// Bounded repetitions (`{1,80}`) compile to one NFA state per repetition, so a policy of bounded
+/// patterns needs more room than the `regex` defaults give.
+const NFA_SIZE_LIMIT: usize = 256 << 20;
+/// Lazy DFA cache per search; large enough that match-dense text does not thrash it.
+const DFA_CACHE: usize = 16 << 20;
+
+/// A compiled probe of one rule.
+pub(crate) struct Probe {
+    pub rule: usize,
+    pub spec: ProbeSpec,
+    pub regex: Regex,
+    /// The `value` capture group, when the reported span is narrower than the match.
+    pub value_group: Option<usize>,
+    pub extra_positive: Vec<String>,
+    pub min_score: f32,
+}
+
+/// One keyword of one rule.
+pub(crate) struct Keyword {
+    pub rule: usize,
+    pub text: String,
+    pub case_sensitive: bool,
+    pub whole_word: bool,
+    pub entity: &'static str,
+    pub label: &'static str,
+    pub weight: f32,
+}
+
+/// All keywords of a direction in one automaton.
+struct Keywords {
+    dfa: DFA,
+    entries: Vec<Keyword>,
+    max_len: usize,
+}
+
+/// A confirmed match of one probe or keyword, in absolute byte offsets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Hit {
+    /// Probe index, or `probes.len() + keyword index`.
+    pub source: usize,
+    pub rule: usize,
+    pub start: usize,
+    pub end: usize,
+    pub weight: f32,
+}
+
+/// How far each matcher has got in a text.
+#[derive(Debug, Clone)]
+pub(crate) struct ScanState {
+    /// Per probe: every match starting before this offset has been reported.
+    done: Vec<usize>,
+    kw_done: usize,
+}
+
+/// A direction's probes, compiled.
+pub(crate) struct Engine {
+    pub probes: Vec<Probe>,
+    set: Option<RegexSet>,
+    /// The prefix closures of every probe, ending at the end of the text.
+    viable: Option<meta::Regex>,
+    keywords: Option<Keywords>,
+    /// Bytes of already released text kept for look-behind and context words.
+    pub lookbehind: usize,
+}
+
+/// Where a source's findings come from, for reports.
+pub(crate) struct SourceInfo<'a> {
+    pub entity: &'static str,
+    pub label: &'a str,
+}
+
+// === impl Engine ===
+
+impl Engine {
+    /// Compiles probes and keywords; `hirs` are the probes' parsed patterns.
+    pub fn new(probes: Vec<Probe>, hirs: &[Hir], keywords: Vec<Keyword>) -> Result<Self, String> {
+        let set = if probes.is_empty() {
+            None
+        } else {
+            Some(
+                RegexSetBuilder::new(probes.iter().map(|p| p.spec.pattern.as_str()))
+                    .size_limit(NFA_SIZE_LIMIT)
+                    .dfa_size_limit(DFA_CACHE)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+        };
+        let mut prefixes: Vec<Hir> = hirs.iter().map(super::prefix::closure).collect();
+        for k in &keywords {
+            // Keywords are held back like patterns; their closure is case-folded, which is wider
+            // than a case-sensitive keyword needs and so only errs towards holding back.
+            let lit = regex_syntax::escape(&k.text);
+            let hir = super::prefix::parse(&format!("(?i){lit}"))?;
+            prefixes.push(super::prefix::closure(&hir));
+        }
+        let viable = if prefixes.is_empty() {
+            None
+        } else {
+            let hir = Hir::concat(vec![Hir::alternation(prefixes), Hir::look(Look::End)]);
+            Some(
+                meta::Regex::builder()
+                    .configure(
+                        meta::Config::new()
+                            .nfa_size_limit(Some(NFA_SIZE_LIMIT))
+                            .hybrid_cache_capacity(DFA_CACHE),
+                    )
+                    .build_from_hir(&hir)
+                    .map_err(|e| e.to_string())?,
+            )
+        };
+        let keywords = if keywords.is_empty() {
+            None
+        } else {
+            let dfa = DFA::builder()
+                .match_kind(MatchKind::Standard)
+                .start_kind(StartKind::Both)
+                .ascii_case_insensitive(true)
+                .build(keywords.iter().map(|k| k.text.as_bytes()))
+                .map_err(|e| e.to_string())?;
+            let max_len = keywords.iter().map(|k| k.text.len()).max().unwrap_or(0);
+            Some(Keywords {
+                dfa,
+                entries: keywords,
+                max_len,
+            })
+        };
+        let after = probes.iter().map(|p| p.spec.after).max().unwrap_or(0);
+        Ok(Engine {
+            probes,
+            set,
+            viable,
+            keywords,
+            lookbehind: CONTEXT_BEFORE + 8 + after,
+        })
+    }
+
+    /// A fresh state for a text starting at offset 0.
+    pub fn start(&self) -> ScanState {
+        ScanState {
+            done: vec![0; self.probes.len()],
+            kw_done: 0,
+        }
+    }
+
+    /// The entity and label of a hit's source.
+    pub fn source(&self, source: usize) -> SourceInfo<'_> {
+        match self.probes.get(source) {
+            Some(p) => SourceInfo {
+                entity: p.spec.entity,
+                label: p.spec.label,
+            },
+            None => {
+                let k = self
+                    .keywords
+                    .as_ref()
+                    .and_then(|k| k.entries.get(source - self.probes.len()));
+                SourceInfo {
+                    entity: k.map_or("keyword", |k| k.entity),
+                    label: k.map_or("[REDACTED]", |k| k.label),
+                }
+            }
+        }
+    }
+
+    /// Reports every match that is final in `hay` (the text from absolute offset `base` to the
+    /// end seen so far) and returns the settled offset: no match not yet reported can start before
+    /// it. With `finished`, the text is complete and everything is final. `enabled` says which
+    /// rules to report for; the others still hold text back, which is safe, only slower.
+    pub fn advance(
+        &self,
+        hay: &str,
+        base: usize,
+        st: &mut ScanState,
+        finished: bool,
+        enabled: &[bool],
+        out: &mut Vec<Hit>,
+    ) -> usize {
+        let n = base + hay.len();
+        let mut memo: Vec<(usize, usize)> = Vec::new();
+        let mut viable_from = |from: usize| -> usize {
+            if finished {
+                return n;
+            }
+            if let Some(&(_, v)) = memo.iter().find(|(f, _)| *f == from) {
+                return v;
+            }
+            let v = match &self.viable {
+                None => n,
+                Some(re) => {
+                    let input = Input::new(hay).range(from - base..);
+                    re.search(&input).map_or(n, |m| m.start() + base)
+                }
+            };
+            memo.push((from, v));
+            v
+        };
+        let mut settled = n;
+        if let Some(set) = &self.set {
+            let from = st.done.iter().copied().min().unwrap_or(n);
+            let matched = set.matches_at(hay, from - base);
+            for (i, probe) in self.probes.iter().enumerate() {
+                let mut pos = st.done[i];
+                if !matched.matched(i) {
+                    let v = viable_from(pos);
+                    st.done[i] = v;
+                    settled = settled.min(v);
+                    continue;
+                }
+                loop {
+                    let found = match probe.value_group {
+                        None => probe.regex.find_at(hay, pos - base).map(|m| {
+                            let (s, e) = (m.start() + base, m.end() + base);
+                            (s, e, s, e)
+                        }),
+                        Some(g) => probe.regex.captures_at(hay, pos - base).and_then(|c| {
+                            let m = c.get(0)?;
+                            let (s, e) = (m.start() + base, m.end() + base);
+                            let v = c
+                                .get(g)
+                                .map_or((s, e), |v| (v.start() + base, v.end() + base));
+                            Some((s, e, v.0, v.1))
+                        }),
+                    };
+                    let Some((s, e, fs, fe)) = found else {
+                        let v = viable_from(pos);
+                        st.done[i] = v;
+                        settled = settled.min(v);
+                        break;
+                    };
+                    let v = viable_from(pos);
+                    if s >= v {
+                        st.done[i] = v;
+                        settled = settled.min(v);
+                        break;
+                    }
+                    if !finished && fe + probe.spec.after > n {
+                        // Final match, but its validator needs bytes that have not arrived.
+                        st.done[i] = s;
+                        settled = settled.min(s);
+                        break;
+                    }
+                    if enabled.get(probe.rule).copied().unwrap_or(false) {
+                        let cand = Candidate::new(hay, fs - base, fe - base, probe.spec.after);
+                        if let Some(score) = probe.spec.score(&cand, &probe.extra_positive) {
+                            if score >= probe.min_score && fe > fs {
+                                out.push(Hit {
+                                    source: i,
+                                    rule: probe.rule,
+                                    start: fs,
+                                    end: fe,
+                                    weight: probe.spec.weight,
+                                });
+                            }
+                        }
+                    }
+                    // Patterns that match the empty string are refused at compile time; the
+                    // guard keeps a bug from looping forever.
+                    pos = if e > pos {
+                        e
+                    } else {
+                        next_char(hay, base, pos)
+                    };
+                    if pos >= n {
+                        st.done[i] = n;
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(kw) = &self.keywords {
+            let v = if finished {
+                n
+            } else {
+                kw.viable_from(hay, base, st.kw_done.max(n.saturating_sub(kw.max_len)))
+            };
+            kw.report(
+                hay,
+                base,
+                st.kw_done,
+                v,
+                finished,
+                enabled,
+                self.probes.len(),
+                out,
+            );
+            st.kw_done = v.max(st.kw_done);
+            settled = settled.min(st.kw_done);
+        }
+        settled
+    }
+}
+
+fn next_char(hay: &str, base: usize, pos: usize) -> usize {
+    let rel = pos - base;
+    let step = hay[rel..].chars().next().map_or(1, char::len_utf8);
+    pos + step
+}
+
+// === impl Keywords ===
+
+impl Keywords {
+    /// The earliest offset at or after `from` where the rest of the buffer could still begin a
+    /// keyword (or is one waiting for its word boundary).
+    fn viable_from(&self, hay: &str, base: usize, from: usize) -> usize {
+        let n = base + hay.len();
+        let bytes = hay.as_bytes();
+        let mut p = from.max(base);
+        while p < n {
+            if hay.is_char_boundary(p - base) && self.alive(&bytes[p - base..]) {
+                return p;
+            }
+            p += 1;
+        }
+        n
+    }
+
+    fn alive(&self, tail: &[u8]) -> bool {
+        let Ok(mut sid) = self.dfa.start_state(Anchored::Yes) else {
+            return true;
+        };
+        for b in tail {
+            sid = self.dfa.next_state(Anchored::Yes, sid, *b);
+            if self.dfa.is_dead(sid) {
+                return false;
+            }
+        }
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        hay: &str,
+        base: usize,
+        from: usize,
+        before: usize,
+        finished: bool,
+        enabled: &[bool],
+        offset: usize,
+        out: &mut Vec<Hit>,
+    ) {
+        let input = AcInput::new(hay).range(from - base..);
+        let mut state = OverlappingState::start();
+        let mut found: Vec<Hit> = Vec::new();
+        loop {
+            if self.dfa.try_find_overlapping(&input, &mut state).is_err() {
+                break;
+            }
+            let Some(m) = state.get_match() else { break };
+            let (s, e) = (m.start() + base, m.end() + base);
+            if s >= before {
+                continue;
+            }
+            let k = &self.entries[m.pattern().as_usize()];
+            if !enabled.get(k.rule).copied().unwrap_or(false) {
+                continue;
+            }
+            let text = &hay[m.start()..m.end()];
+            if k.case_sensitive && text != k.text {
+                continue;
+            }
+            if k.whole_word {
+                let word = |c: char| c.is_alphanumeric() || c == '_';
+                let first = text.chars().next().is_some_and(word);
+                let last = text.chars().next_back().is_some_and(word);
+                let prev = hay[..m.start()].chars().next_back().is_some_and(word);
+                let next = hay[m.end()..].chars().next().is_some_and(word);
+                // At the end of an unfinished buffer the next character is unknown; such a
+                // match is still viable and was excluded by `before` above.
+                debug_assert!(finished || m.end() < hay.len() || !last);
+                if (first && prev) || (last && next) {
+                    continue;
+                }
+            }
+            found.push(Hit {
+                source: offset + m.pattern().as_usize(),
+                rule: k.rule,
+                start: s,
+                end: e,
+                weight: k.weight,
+            });
+        }
+        out.extend(found);
+    }
+}

@@ -1,0 +1,426 @@
+//! What the chat handler calls.
+//!
+//! [`GuardrailsHandle`] is a cheap clone that points at the policy being served. Each request
+//! takes the policy once (`check_input`, `output_scanner`), so a reload in the middle of a request
+//! never changes the rules it is judged by. Every decision is counted and, when an audit log is
+//! configured, written there.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use super::audit::{AuditLog, AuditRecord};
+use super::compile::{Kind, Policy};
+use super::metrics::GuardrailMetrics;
+use super::policy::PolicyError;
+use super::scan::{Finding, Pushed, Scanner};
+use super::{Action, Direction};
+use crate::api::types::{ChatRequest, Content};
+use crate::error::Error;
+
+/// Who a request is for: the labels of its audit records and the scope of rules.
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    pub request_id: String,
+    /// The client-facing model name.
+    pub model: String,
+    /// The API key's configured name (never the key itself).
+    pub key_name: Option<String>,
+}
+
+/// One decision, for the caller's logs and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub rule: String,
+    pub kind: Kind,
+    pub entity: &'static str,
+    pub action: Action,
+    pub direction: Direction,
+    /// The message index (input only).
+    pub message: Option<usize>,
+    /// Byte offsets in that message's text (a content part's text for multi-part content), or
+    /// in the whole output.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The result of an input check that did not block.
+#[derive(Debug, Clone)]
+pub struct InputOutcome {
+    /// The policy the request was judged by (for `x-sluice-policy-version`).
+    pub version: Arc<str>,
+    /// Every redaction and flag.
+    pub decisions: Vec<Decision>,
+    /// Whether any message text was rewritten.
+    pub redacted: bool,
+}
+
+/// The policy and where evidence goes.
+pub(crate) struct Inner {
+    pub current: ArcSwap<Policy>,
+    pub dir: Option<PathBuf>,
+    pub metrics: Option<GuardrailMetrics>,
+    pub audit: Option<AuditLog>,
+    /// Serialises reloads; requests never take it.
+    pub reload_lock: std::sync::Mutex<()>,
+}
+
+/// The gateway's handle on its guardrails.
+#[derive(Clone)]
+pub struct GuardrailsHandle {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Scans one response as it streams. Made by [`GuardrailsHandle::output_scanner`].
+pub struct OutputScanner {
+    scanner: Scanner,
+    evidence: Evidence,
+    elapsed: Duration,
+    decisions: Vec<Decision>,
+    done: bool,
+}
+
+/// Where a scanner reports.
+struct Evidence {
+    policy: Arc<Policy>,
+    ctx: Ctx,
+    metrics: Option<GuardrailMetrics>,
+    audit: Option<AuditLog>,
+}
+
+// === impl Ctx ===
+
+impl Ctx {
+    pub fn new(
+        request_id: impl Into<String>,
+        model: impl Into<String>,
+        key_name: Option<&str>,
+    ) -> Self {
+        Ctx {
+            request_id: request_id.into(),
+            model: model.into(),
+            key_name: key_name.map(str::to_string),
+        }
+    }
+}
+
+// === impl GuardrailsHandle ===
+
+impl GuardrailsHandle {
+    /// Serves a compiled policy, without metrics, audit log or a directory to reload from.
+    pub fn new(policy: Policy) -> Self {
+        Self::build(Arc::new(policy), None, None, None)
+    }
+
+    /// Loads `dir`, refusing it unless it compiles and every rule's tests pass; registers the
+    /// metric families in `metrics` and writes decisions to `audit` when given.
+    pub fn load(
+        dir: &Path,
+        metrics: Option<GuardrailMetrics>,
+        audit: Option<AuditLog>,
+    ) -> Result<Self, PolicyError> {
+        let policy = Arc::new(Policy::load(dir)?);
+        let failures = super::tools::run_tests(&policy);
+        if let Some(first) = failures.first() {
+            return Err(PolicyError::new(
+                dir.display().to_string(),
+                format!("{} rule test(s) fail; first:\n{first}", failures.len()),
+            ));
+        }
+        Ok(Self::build(policy, Some(dir.to_path_buf()), metrics, audit))
+    }
+
+    fn build(
+        policy: Arc<Policy>,
+        dir: Option<PathBuf>,
+        metrics: Option<GuardrailMetrics>,
+        audit: Option<AuditLog>,
+    ) -> Self {
+        if let Some(m) = &metrics {
+            m.set_version(policy.version());
+        }
+        GuardrailsHandle {
+            inner: Arc::new(Inner {
+                current: ArcSwap::from(policy),
+                dir,
+                metrics,
+                audit,
+                reload_lock: std::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The policy being served now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.inner.current.load_full()
+    }
+
+    /// The version of the policy being served now (for `x-sluice-policy-version`).
+    pub fn version(&self) -> Arc<str> {
+        self.inner.current.load().version_arc()
+    }
+
+    /// Checks a request's limits and every message's text. A block is a 400 with code
+    /// `content_filter` and the rule's message; a redaction rewrites the text in place.
+    /// Scanning is CPU work proportional to the prompt: for prompts of hundreds of kilobytes,
+    /// call this from `spawn_blocking`.
+    pub fn check_input(&self, req: &mut ChatRequest, ctx: &Ctx) -> Result<InputOutcome, Error> {
+        let policy = self.policy();
+        let started = Instant::now();
+        let ev = Evidence {
+            policy: Arc::clone(&policy),
+            ctx: ctx.clone(),
+            metrics: self.inner.metrics.clone(),
+            audit: self.inner.audit.clone(),
+        };
+        let result = check_input(&ev, req);
+        if let Some(m) = &self.inner.metrics {
+            m.scan_seconds
+                .with_label_values(&["input"])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// A scanner for one response to `ctx`.
+    pub fn output_scanner(&self, ctx: &Ctx) -> OutputScanner {
+        let policy = self.policy();
+        let actions = policy.actions_for(Direction::Output, &ctx.model, ctx.key_name.as_deref());
+        OutputScanner {
+            scanner: Scanner::new(Arc::clone(&policy), Direction::Output, actions),
+            evidence: Evidence {
+                policy,
+                ctx: ctx.clone(),
+                metrics: self.inner.metrics.clone(),
+                audit: self.inner.audit.clone(),
+            },
+            elapsed: Duration::ZERO,
+            decisions: Vec::new(),
+            done: false,
+        }
+    }
+}
+
+fn check_input(ev: &Evidence, req: &mut ChatRequest) -> Result<InputOutcome, Error> {
+    let policy = &ev.policy;
+    let mut decisions = Vec::new();
+    check_limits(ev, req, &mut decisions)?;
+    let actions = policy.actions_for(Direction::Input, &ev.ctx.model, ev.ctx.key_name.as_deref());
+    let mut redacted = false;
+    if actions.iter().any(Option::is_some) {
+        for (i, msg) in req.messages.iter_mut().enumerate() {
+            let texts: Vec<&mut String> = match &mut msg.content {
+                None => Vec::new(),
+                Some(Content::Text(s)) => vec![s],
+                Some(Content::Parts(parts)) => {
+                    parts.iter_mut().filter_map(|p| p.text.as_mut()).collect()
+                }
+            };
+            for text in texts {
+                let (out, findings) =
+                    Scanner::scan_text(Arc::clone(policy), Direction::Input, actions.clone(), text);
+                for f in &findings {
+                    decisions.push(ev.report(Direction::Input, f, Some(i)));
+                }
+                if out.blocked {
+                    let rule = findings
+                        .iter()
+                        .rev()
+                        .find(|f| f.action == Action::Block)
+                        .map(|f| &policy.rules[f.rule]);
+                    return Err(block_error(rule.map(|r| r.message.clone())));
+                }
+                if out.release != *text {
+                    *text = out.release;
+                    redacted = true;
+                }
+            }
+        }
+    }
+    Ok(InputOutcome {
+        version: policy.version_arc(),
+        decisions,
+        redacted,
+    })
+}
+
+fn block_error(message: Option<String>) -> Error {
+    Error::InvalidRequest {
+        message: message.unwrap_or_else(|| "The request was refused by the content policy.".into()),
+        param: None,
+        code: Some("content_filter"),
+    }
+}
+
+/// Estimated tokens: one per four characters, rounded up.
+pub fn estimate_tokens(chars: usize) -> usize {
+    chars.div_ceil(4)
+}
+
+fn check_limits(
+    ev: &Evidence,
+    req: &mut ChatRequest,
+    out: &mut Vec<Decision>,
+) -> Result<(), Error> {
+    let policy = &ev.policy;
+    let chars: usize = req.messages.iter().map(|m| m.text().chars().count()).sum();
+    for (idx, rule) in policy.rules.iter().enumerate() {
+        if rule.kind != Kind::Limits
+            || !rule.input
+            || !rule.in_scope(&ev.ctx.model, ev.ctx.key_name.as_deref())
+        {
+            continue;
+        }
+        let l = rule.limits;
+        let prompt_over = l.max_prompt_chars.is_some_and(|m| chars > m)
+            || l.max_prompt_tokens
+                .is_some_and(|m| estimate_tokens(chars) > m)
+            || l.max_messages.is_some_and(|m| req.messages.len() > m);
+        let completion_over = l
+            .max_completion_tokens
+            .is_some_and(|m| req.requested_max_tokens().is_some_and(|t| t > m));
+        if !prompt_over && !completion_over {
+            continue;
+        }
+        let action = rule.effective_action();
+        let f = Finding {
+            rule: idx,
+            entity: "limit",
+            start: 0,
+            end: 0,
+            action,
+            excerpt: String::new(),
+        };
+        out.push(ev.report(Direction::Input, &f, None));
+        match action {
+            Action::Block => return Err(block_error(Some(rule.message.clone()))),
+            Action::Redact => {
+                // Only completion limits may redact (checked at compile): clamp the budget.
+                if let Some(m) = l.max_completion_tokens {
+                    if req.max_completion_tokens.is_some_and(|t| t > m) {
+                        req.max_completion_tokens = Some(m);
+                    }
+                    if req.max_tokens.is_some_and(|t| t > m) {
+                        req.max_tokens = Some(m);
+                    }
+                }
+            }
+            Action::Flag => {}
+        }
+    }
+    Ok(())
+}
+
+// === impl Evidence ===
+
+impl Evidence {
+    /// Counts, audits and describes one finding.
+    fn report(&self, dir: Direction, f: &Finding, message: Option<usize>) -> Decision {
+        let rule = &self.policy.rules[f.rule];
+        if let Some(m) = &self.metrics {
+            m.triggers
+                .with_label_values(&[rule.id.as_str(), f.action.as_str(), dir.as_str()])
+                .inc();
+        }
+        if let Some(a) = &self.audit {
+            a.record(AuditRecord {
+                time: AuditRecord::now(),
+                request_id: self.ctx.request_id.clone(),
+                rule: rule.id.clone(),
+                action: f.action.as_str(),
+                direction: dir.as_str(),
+                entity: f.entity,
+                model: self.ctx.model.clone(),
+                key: self.ctx.key_name.clone(),
+                policy_version: self.policy.version().to_string(),
+                excerpt: f.excerpt.clone(),
+            });
+        }
+        tracing::debug!(
+            request_id = %self.ctx.request_id,
+            rule = %rule.id,
+            action = f.action.as_str(),
+            direction = dir.as_str(),
+            entity = f.entity,
+            "guardrail decision"
+        );
+        Decision {
+            rule: rule.id.clone(),
+            kind: rule.kind,
+            entity: f.entity,
+            action: f.action,
+            direction: dir,
+            message,
+            start: f.start,
+            end: f.end,
+        }
+    }
+}
+
+// === impl OutputScanner ===
+
+impl OutputScanner {
+    /// Adds a piece of the answer; returns the text to send now. When `blocked` is set, send
+    /// `release` and end the stream with `finish_reason: "content_filter"`; later pushes
+    /// release nothing.
+    pub fn push(&mut self, text: &str) -> Pushed {
+        let t = Instant::now();
+        let out = self.scanner.push(text);
+        self.elapsed += t.elapsed();
+        self.collect(out.blocked);
+        out
+    }
+
+    /// Ends the answer: returns the text still held back (a stream's last bytes).
+    pub fn finish(&mut self) -> Pushed {
+        let t = Instant::now();
+        let out = self.scanner.finish();
+        self.elapsed += t.elapsed();
+        self.collect(true);
+        out
+    }
+
+    /// Whether the answer was blocked.
+    pub fn blocked(&self) -> bool {
+        self.scanner.blocked_by().is_some()
+    }
+
+    /// The message of the rule that blocked.
+    pub fn block_message(&self) -> Option<&str> {
+        self.scanner
+            .blocked_by()
+            .map(|i| self.evidence.policy.rules[i].message.as_str())
+    }
+
+    /// Every decision so far.
+    pub fn decisions(&self) -> &[Decision] {
+        &self.decisions
+    }
+
+    /// The policy version this response is judged by.
+    pub fn version(&self) -> &str {
+        self.evidence.policy.version()
+    }
+
+    /// Bytes received but not yet released.
+    pub fn held(&self) -> usize {
+        self.scanner.held()
+    }
+
+    fn collect(&mut self, ended: bool) {
+        for f in self.scanner.take_findings() {
+            let d = self.evidence.report(Direction::Output, &f, None);
+            self.decisions.push(d);
+        }
+        if ended && !self.done {
+            self.done = true;
+            if let Some(m) = &self.evidence.metrics {
+                m.scan_seconds
+                    .with_label_values(&["output"])
+                    .observe(self.elapsed.as_secs_f64());
+            }
+        }
+    }
+}

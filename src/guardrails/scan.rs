@@ -1,0 +1,328 @@
+//! Scanning a text, whole or as it streams, and deciding what to release.
+//!
+//! A [`Scanner`] is fed text in pieces and answers each piece with the text that can be released
+//! now. It holds back only what the engine has not settled (a suffix that may still become a
+//! match), replaces redacted spans before they leave, and stops at the first blocked span, having
+//! released everything before it. A whole text is one `push` and a `finish`, so streamed and
+//! non-streamed answers, and input messages, all go through this one path and cannot disagree.
+//!
+//! Decisions are made in text order over final matches only: the redaction label of overlapping
+//! spans is the first span's, an injection rule's score accumulates match by match, and a block
+//! cuts the text at its span, or at the start of a redacted span it falls inside.
+
+use std::sync::Arc;
+
+use super::compile::{Kind, Policy, Redaction};
+use super::engine::{Hit, ScanState};
+use super::probe::floor_boundary;
+use super::{Action, Direction};
+
+/// One decision about a span of the text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// Index of the rule in [`Policy::rules`].
+    pub rule: usize,
+    /// The entity (`email`, `aws_access_key`, `keyword`, `regex`, an injection signal).
+    pub entity: &'static str,
+    /// Byte offsets in the whole text.
+    pub start: usize,
+    pub end: usize,
+    /// What was done.
+    pub action: Action,
+    /// A short excerpt around the span with the span and digits masked, safe to log.
+    pub excerpt: String,
+}
+
+/// What one push released.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// Text to send now, redactions applied.
+    pub release: String,
+    /// The text hit a block: send `release`, then end the response (`content_filter`).
+    pub blocked: bool,
+}
+
+/// A redaction not yet written out.
+#[derive(Debug, Clone)]
+struct Group {
+    start: usize,
+    end: usize,
+    rule: usize,
+    source: usize,
+}
+
+/// Scans one text, incrementally.
+pub struct Scanner {
+    policy: Arc<Policy>,
+    dir: Direction,
+    /// The action of each rule, `None` where it does not apply.
+    actions: Vec<Option<Action>>,
+    enabled: Vec<bool>,
+    /// The text from `base` to the end seen so far.
+    buf: String,
+    base: usize,
+    /// Everything before this offset has been released (or replaced).
+    released: usize,
+    state: ScanState,
+    /// Final hits not yet decided on, because a hit starting earlier may still be found.
+    pending: Vec<Hit>,
+    /// Injection score per rule.
+    scores: Vec<f32>,
+    open: Option<Group>,
+    findings: Vec<Finding>,
+    blocked: Option<usize>,
+    finished: bool,
+}
+
+// === impl Scanner ===
+
+impl Scanner {
+    /// A scanner over `policy`'s engine for `dir` with per-rule `actions`.
+    pub fn new(policy: Arc<Policy>, dir: Direction, actions: Vec<Option<Action>>) -> Self {
+        let state = policy.engine(dir).start();
+        let enabled = actions.iter().map(Option::is_some).collect();
+        let n = policy.rules.len();
+        Scanner {
+            policy,
+            dir,
+            actions,
+            enabled,
+            buf: String::new(),
+            base: 0,
+            released: 0,
+            state,
+            pending: Vec::new(),
+            scores: vec![0.0; n],
+            open: None,
+            findings: Vec::new(),
+            blocked: None,
+            finished: false,
+        }
+    }
+
+    /// Scans a whole text: what it releases and everything found.
+    pub fn scan_text(
+        policy: Arc<Policy>,
+        dir: Direction,
+        actions: Vec<Option<Action>>,
+        text: &str,
+    ) -> (Pushed, Vec<Finding>) {
+        let mut s = Scanner::new(policy, dir, actions);
+        let mut out = s.push(text);
+        let tail = s.finish();
+        out.release.push_str(&tail.release);
+        out.blocked |= tail.blocked;
+        (out, s.take_findings())
+    }
+
+    /// Adds text; returns what may be released now.
+    pub fn push(&mut self, text: &str) -> Pushed {
+        if self.blocked.is_some() || self.finished {
+            return Pushed {
+                release: String::new(),
+                blocked: self.blocked.is_some(),
+            };
+        }
+        self.buf.push_str(text);
+        self.step(false)
+    }
+
+    /// Ends the text: releases whatever was held back.
+    pub fn finish(&mut self) -> Pushed {
+        if self.blocked.is_some() || self.finished {
+            return Pushed {
+                release: String::new(),
+                blocked: self.blocked.is_some(),
+            };
+        }
+        let out = self.step(true);
+        self.finished = true;
+        out
+    }
+
+    /// Findings decided since the last call.
+    pub fn take_findings(&mut self) -> Vec<Finding> {
+        std::mem::take(&mut self.findings)
+    }
+
+    /// The rule that blocked, if any.
+    pub fn blocked_by(&self) -> Option<usize> {
+        self.blocked
+    }
+
+    /// Bytes received but not yet released.
+    pub fn held(&self) -> usize {
+        self.base + self.buf.len() - self.released
+    }
+
+    fn step(&mut self, finished: bool) -> Pushed {
+        let policy = Arc::clone(&self.policy);
+        let engine = policy.engine(self.dir);
+        let mut hits = Vec::new();
+        let settled = engine.advance(
+            &self.buf,
+            self.base,
+            &mut self.state,
+            finished,
+            &self.enabled,
+            &mut hits,
+        );
+        self.pending.extend(hits);
+        // Decide on hits in text order; the ones at or after `settled` may still be preceded by a
+        // hit not yet found, so they wait.
+        self.pending
+            .sort_by(|a, b| (a.start, a.source, a.end).cmp(&(b.start, b.source, b.end)));
+        let ready = self.pending.partition_point(|h| h.start < settled);
+        let decide: Vec<Hit> = self.pending.drain(..ready).collect();
+        let mut out = String::new();
+        for hit in decide {
+            if self.decide(&policy, hit, &mut out) {
+                self.trim();
+                return Pushed {
+                    release: out,
+                    blocked: true,
+                };
+            }
+        }
+        // Release up to `settled`, except an open redaction that may still grow.
+        let mut upto = settled;
+        if let Some(g) = self.open.take() {
+            if g.end <= settled {
+                self.write_group(&policy, &g, &mut out);
+            } else {
+                upto = g.start;
+                self.open = Some(g);
+            }
+        }
+        if upto > self.released {
+            let from = self.released - self.base;
+            out.push_str(&self.buf[from..upto - self.base]);
+            self.released = upto;
+        }
+        self.trim();
+        Pushed {
+            release: out,
+            blocked: false,
+        }
+    }
+
+    /// Applies one hit; returns true when it blocks.
+    fn decide(&mut self, policy: &Policy, hit: Hit, out: &mut String) -> bool {
+        let rule = &policy.rules[hit.rule];
+        let Some(action) = self.actions.get(hit.rule).copied().flatten() else {
+            return false;
+        };
+        if rule.kind == Kind::Injection {
+            let before = self.scores[hit.rule];
+            self.scores[hit.rule] += hit.weight;
+            if self.scores[hit.rule] < rule.threshold && before < rule.threshold {
+                return false;
+            }
+        }
+        self.record(policy, &hit, action);
+        match action {
+            Action::Flag => false,
+            Action::Redact => {
+                match &mut self.open {
+                    Some(g) if hit.start < g.end => g.end = g.end.max(hit.end),
+                    _ => {
+                        if let Some(g) = self.open.take() {
+                            self.write_group(policy, &g, out);
+                        }
+                        self.open = Some(Group {
+                            start: hit.start,
+                            end: hit.end,
+                            rule: hit.rule,
+                            source: hit.source,
+                        });
+                    }
+                }
+                false
+            }
+            Action::Block => {
+                let mut cut = hit.start;
+                if let Some(g) = self.open.take() {
+                    if hit.start < g.end {
+                        cut = g.start;
+                    } else {
+                        self.write_group(policy, &g, out);
+                    }
+                }
+                if cut > self.released {
+                    out.push_str(&self.buf[self.released - self.base..cut - self.base]);
+                    self.released = cut;
+                }
+                self.blocked = Some(hit.rule);
+                true
+            }
+        }
+    }
+
+    /// Writes the text before a redaction and its replacement.
+    fn write_group(&mut self, policy: &Policy, g: &Group, out: &mut String) {
+        if g.start > self.released {
+            out.push_str(&self.buf[self.released - self.base..g.start - self.base]);
+        }
+        let from = g.start.max(self.released);
+        let span = &self.buf[from - self.base..g.end - self.base];
+        match &policy.rules[g.rule].redaction {
+            Redaction::Mask(c) => out.extend(span.chars().map(|_| *c)),
+            Redaction::Label(Some(l)) => out.push_str(l),
+            Redaction::Label(None) => out.push_str(policy.engine(self.dir).source(g.source).label),
+        }
+        self.released = g.end;
+    }
+
+    fn record(&mut self, policy: &Policy, hit: &Hit, action: Action) {
+        let entity = policy.engine(self.dir).source(hit.source).entity;
+        let excerpt = excerpt(&self.buf, self.base, hit.start, hit.end, entity);
+        self.findings.push(Finding {
+            rule: hit.rule,
+            entity,
+            start: hit.start,
+            end: hit.end,
+            action,
+            excerpt,
+        });
+    }
+
+    /// Drops text that is released and no longer needed as context.
+    fn trim(&mut self) {
+        let keep_from = self
+            .released
+            .saturating_sub(self.policy.engine(self.dir).lookbehind);
+        if keep_from > self.base + 256 {
+            let cut = floor_boundary(&self.buf, keep_from - self.base);
+            self.buf.drain(..cut);
+            self.base += cut;
+        }
+    }
+}
+
+/// Up to 24 bytes either side of a span, the span replaced by its entity and every digit by `#`,
+/// so an audit record shows where a decision was made without the data it was made about.
+fn excerpt(buf: &str, base: usize, start: usize, end: usize, entity: &str) -> String {
+    let s = start.saturating_sub(base).min(buf.len());
+    let e = end.saturating_sub(base).min(buf.len());
+    let from = floor_boundary(buf, s.saturating_sub(24));
+    let to = floor_boundary(buf, (e + 24).min(buf.len()));
+    let mask = |t: &str| -> String {
+        t.chars()
+            .map(|c| {
+                if c.is_ascii_digit() {
+                    '#'
+                } else if c.is_control() {
+                    ' '
+                } else {
+                    c
+                }
+            })
+            .collect()
+    };
+    format!(
+        "{}[{}]{}",
+        mask(&buf[from..floor_boundary(buf, s)]),
+        entity.to_uppercase(),
+        mask(&buf[floor_boundary(buf, e)..to])
+    )
+}
