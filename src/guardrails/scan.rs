@@ -170,8 +170,7 @@ impl Scanner {
         self.pending.extend(hits);
         // Decide on hits in text order; the ones at or after `settled` may still be preceded by a
         // hit not yet found, so they wait.
-        self.pending
-            .sort_by(|a, b| (a.start, a.source, a.end).cmp(&(b.start, b.source, b.end)));
+        self.pending.sort_by_key(|h| (h.start, h.source, h.end));
         let ready = self.pending.partition_point(|h| h.start < settled);
         let decide: Vec<Hit> = self.pending.drain(..ready).collect();
         let mut out = String::new();
