@@ -35,7 +35,7 @@ pub struct AuditRecord {
 
 /// A handle to the writer thread; cheap to clone.
 #[derive(Clone)]
-pub struct AuditLog {
+pub struct DecisionLog {
     tx: SyncSender<AuditRecord>,
     dropped: Arc<AtomicU64>,
 }
@@ -49,11 +49,11 @@ impl AuditRecord {
     }
 }
 
-// === impl AuditLog ===
+// === impl DecisionLog ===
 
-impl AuditLog {
+impl DecisionLog {
     /// Appends to the file at `path`, creating it.
-    pub fn open(path: &Path) -> std::io::Result<AuditLog> {
+    pub fn open(path: &Path) -> std::io::Result<DecisionLog> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -62,14 +62,37 @@ impl AuditLog {
     }
 
     /// Writes to any writer (tests, stdout).
-    pub fn to_writer(w: Box<dyn Write + Send>) -> AuditLog {
+    pub fn to_writer(w: Box<dyn Write + Send>) -> DecisionLog {
         let (tx, rx) = sync_channel(8192);
         std::thread::Builder::new()
             .name("sluice-audit".into())
             .spawn(move || write_loop(rx, std::io::BufWriter::new(w)))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "audit writer thread did not start"));
-        AuditLog {
+        DecisionLog {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Sends records to the gateway's audit trail ([`crate::audit::AuditLog`]) as
+    /// `"event":"guardrail"` lines, from a thread of its own.
+    pub fn forward(log: Arc<crate::audit::AuditLog>) -> DecisionLog {
+        let (tx, rx) = sync_channel::<AuditRecord>(8192);
+        std::thread::Builder::new()
+            .name("sluice-guardrail-audit".into())
+            .spawn(move || {
+                while let Ok(r) = rx.recv() {
+                    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&r) {
+                        log.record("guardrail", fields);
+                    }
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(
+                |e| tracing::error!(error = %e, "audit forwarder thread did not start"),
+            );
+        DecisionLog {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
         }
@@ -130,7 +153,7 @@ mod tests {
     #[test]
     fn records_are_json_lines() {
         let out = Shared::default();
-        let log = AuditLog::to_writer(Box::new(out.clone()));
+        let log = DecisionLog::to_writer(Box::new(out.clone()));
         let rec = AuditRecord {
             time: AuditRecord::now(),
             request_id: "r1".into(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use super::audit::{AuditLog, AuditRecord};
+use super::audit::{AuditRecord, DecisionLog};
 use super::compile::{Kind, Policy};
 use super::metrics::GuardrailMetrics;
 use super::policy::PolicyError;
@@ -62,7 +62,7 @@ pub(crate) struct Inner {
     pub current: ArcSwap<Policy>,
     pub dir: Option<PathBuf>,
     pub metrics: Option<GuardrailMetrics>,
-    pub audit: Option<AuditLog>,
+    pub audit: Option<DecisionLog>,
     /// Serialises reloads; requests never take it.
     pub reload_lock: std::sync::Mutex<()>,
 }
@@ -87,7 +87,7 @@ struct Evidence {
     policy: Arc<Policy>,
     ctx: Ctx,
     metrics: Option<GuardrailMetrics>,
-    audit: Option<AuditLog>,
+    audit: Option<DecisionLog>,
 }
 
 // === impl Ctx ===
@@ -119,7 +119,7 @@ impl GuardrailsHandle {
     pub fn load(
         dir: &Path,
         metrics: Option<GuardrailMetrics>,
-        audit: Option<AuditLog>,
+        audit: Option<DecisionLog>,
     ) -> Result<Self, PolicyError> {
         let policy = Arc::new(Policy::load(dir)?);
         let failures = super::tools::run_tests(&policy);
@@ -136,7 +136,7 @@ impl GuardrailsHandle {
         policy: Arc<Policy>,
         dir: Option<PathBuf>,
         metrics: Option<GuardrailMetrics>,
-        audit: Option<AuditLog>,
+        audit: Option<DecisionLog>,
     ) -> Self {
         if let Some(m) = &metrics {
             m.set_version(policy.version());

@@ -82,7 +82,7 @@ fn pref(h: &Hir) -> Hir {
                     .collect(),
                 Err(_) => lit.0.iter().map(|b| Hir::literal(vec![*b])).collect(),
             };
-            nested(&pieces, |p| p.clone())
+            nested(&pieces, |p| optional(p.clone()))
         }
         HirKind::Repetition(rep) => {
             if rep.max == Some(0) {
@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn facts_report_bounds_and_anchors() {
-        let f = facts(&parse(r"\d{3}-\d{4}").unwrap());
+        let f = facts(&parse(r"[0-9]{3}-[0-9]{4}").unwrap());
         assert_eq!(f.max_len, Some(8));
         assert!(!f.uses_anchors && !f.matches_empty && !f.never_matches);
         assert_eq!(facts(&parse(r"a+").unwrap()).max_len, None);
