@@ -31,6 +31,42 @@ enum Command {
     /// Work with local models.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Work with guardrail policies.
+    #[command(subcommand)]
+    Guardrails(GuardrailsCommand),
+}
+
+#[derive(Subcommand)]
+enum GuardrailsCommand {
+    /// Run every rule's test cases; fail with a diff naming each rule whose test fails.
+    Test {
+        /// The policy directory.
+        #[arg(default_value = "guardrails")]
+        dir: PathBuf,
+    },
+    /// Validate and lint a policy (duplicate ids, unbounded output patterns, rules that can
+    /// never match, failing tests).
+    Check {
+        /// The policy directory.
+        #[arg(default_value = "guardrails")]
+        dir: PathBuf,
+    },
+    /// Read JSONL `{"text": …}` on stdin; write one JSON line per finding
+    /// (`line`, `rule`, `kind`, `entity`, `start`, `end`, `action`; byte offsets).
+    Scan {
+        /// The policy directory.
+        #[arg(long, default_value = "guardrails")]
+        policy: PathBuf,
+        /// Scan as request input or as model output.
+        #[arg(long, value_enum, default_value = "input")]
+        direction: DirectionArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DirectionArg {
+    Input,
+    Output,
 }
 
 #[derive(Subcommand)]
@@ -100,6 +136,7 @@ fn main() -> ExitCode {
         },
         Command::Serve(args) => serve(args),
         Command::Models(ModelsCommand::Pull { config }) => pull(&config),
+        Command::Guardrails(cmd) => guardrails(cmd),
         Command::Keys(KeysCommand::Hash) => {
             let mut key = String::new();
             if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
@@ -108,6 +145,74 @@ fn main() -> ExitCode {
             }
             println!("{}", sluice::auth::hash_hex(key.trim()));
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn guardrails(cmd: GuardrailsCommand) -> ExitCode {
+    use sluice::guardrails::{tools, Direction, Policy};
+    match cmd {
+        GuardrailsCommand::Test { dir } => {
+            let policy = match Policy::load(&dir) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let failures = tools::run_tests(&policy);
+            let cases: usize = policy.rules.iter().map(|r| r.tests.len()).sum();
+            for f in &failures {
+                eprintln!("{f}");
+            }
+            if failures.is_empty() {
+                println!(
+                    "ok: {} rules, {cases} test cases, policy version {}",
+                    policy.rules.len(),
+                    policy.version()
+                );
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{} failing test case(s)", failures.len());
+                ExitCode::FAILURE
+            }
+        }
+        GuardrailsCommand::Check { dir } => {
+            let report = tools::check(&dir);
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
+            for e in &report.errors {
+                eprintln!("error: {e}");
+            }
+            if report.errors.is_empty() {
+                println!("ok: {} ({} warning(s))", dir.display(), report.warnings.len());
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        GuardrailsCommand::Scan { policy, direction } => {
+            let policy = match Policy::load(&policy) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let dir = match direction {
+                DirectionArg::Input => Direction::Input,
+                DirectionArg::Output => Direction::Output,
+            };
+            let stdin = std::io::stdin().lock();
+            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            match tools::scan(&policy, dir, stdin, stdout) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }
