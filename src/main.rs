@@ -186,7 +186,11 @@ fn guardrails(cmd: GuardrailsCommand) -> ExitCode {
                 eprintln!("error: {e}");
             }
             if report.errors.is_empty() {
-                println!("ok: {} ({} warning(s))", dir.display(), report.warnings.len());
+                println!(
+                    "ok: {} ({} warning(s))",
+                    dir.display(),
+                    report.warnings.len()
+                );
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -224,6 +224,17 @@ impl Policy {
             .collect()
     }
 
+    /// Every pattern of `dir`'s engine, for benchmarks that compare the one-pass engine with a
+    /// rule-by-rule loop.
+    #[doc(hidden)]
+    pub fn patterns(&self, dir: Direction) -> Vec<String> {
+        self.engine(dir)
+            .probes
+            .iter()
+            .map(|p| p.spec.pattern.clone())
+            .collect()
+    }
+
     /// The rule index by id.
     pub fn rule_index(&self, id: &str) -> Option<usize> {
         self.rules.iter().position(|r| r.id == id)
