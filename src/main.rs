@@ -307,6 +307,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "sluice is serving"
     );
     let state = gateway.state();
+    if let Some(g) = &state.guardrails {
+        tracing::info!(policy_version = %g.version(), "guardrail policy loaded");
+        g.spawn_sighup();
+        if let Some(every) = config.guardrails.as_ref().and_then(|c| c.watch_interval) {
+            g.spawn_watcher(every);
+        }
+    }
     tokio::spawn(async move {
         #[cfg(unix)]
         {

@@ -17,6 +17,7 @@ use crate::audit::AuditLog;
 use crate::auth::KeyRing;
 use crate::backends::Backends;
 use crate::config::{Config, ModelConfig, ServerConfig};
+use crate::guardrails::{DecisionLog, GuardrailMetrics, GuardrailsHandle};
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::routing::ModelRouter;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub audit: Arc<AuditLog>,
     pub limits: RateLimits,
+    /// The guardrail policy, when configured. Reloaded on its own (file watch, SIGHUP).
+    pub guardrails: Option<GuardrailsHandle>,
     pub in_flight: InFlight,
     pub shutdown: ShutdownSignal,
     /// Fixed at start: sockets and timeouts do not change on reload.
@@ -77,8 +80,21 @@ impl AppState {
         let audit = Arc::new(AuditLog::open(config.audit_path.as_deref())?);
         let routers = ModelRouter::build_all(&config.models, &backends, &metrics, &audit)
             .map_err(|e| anyhow::anyhow!(e))?;
+        let guardrails = match &config.guardrails {
+            None => None,
+            Some(g) => {
+                let gm = GuardrailMetrics::register(metrics.registry())
+                    .map_err(|e| anyhow::anyhow!("guardrail metrics: {e}"))?;
+                let log = DecisionLog::forward(audit.clone());
+                Some(
+                    GuardrailsHandle::load(&g.dir, Some(gm), Some(log))
+                        .map_err(|e| anyhow::anyhow!("guardrails: {e}"))?,
+                )
+            }
+        };
         let in_flight = InFlight::new(metrics.in_flight.clone());
         Ok(AppState {
+            guardrails,
             live: ArcSwap::from_pointee(Live {
                 routes: routes(routers),
                 backends,

@@ -49,8 +49,19 @@ pub struct Config {
     pub admin_keys: Vec<AdminKeyConfig>,
     /// Where audit records (admin changes, rollbacks, guardrail decisions) are appended as JSONL.
     pub audit_path: Option<PathBuf>,
+    /// The guardrail policy, when one is configured.
+    pub guardrails: Option<GuardrailsConfig>,
     /// The file this came from, for messages.
     pub source: PathBuf,
+}
+
+/// `[guardrails]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardrailsConfig {
+    /// The policy directory (`*.toml` rule files), relative paths resolved against the config file.
+    pub dir: PathBuf,
+    /// How often the directory is polled for changes; `None` reloads on SIGHUP only.
+    pub watch_interval: Option<Duration>,
 }
 
 /// Rate limits of one scope (global, a model, a key).
@@ -503,6 +514,20 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
         keys,
         admin_keys,
         audit_path: raw.audit.path.map(|p| base_dir.join(p)),
+        guardrails: match raw.guardrails {
+            None => None,
+            Some(g) => Some(GuardrailsConfig {
+                dir: base_dir.join(&g.dir),
+                watch_interval: match g.watch_interval.as_deref() {
+                    None | Some("off") => None,
+                    Some(d) => Some(duration(
+                        "guardrails.watch_interval",
+                        Some(d),
+                        Duration::ZERO,
+                    )?),
+                },
+            }),
+        },
         source: path.to_path_buf(),
     })
 }

@@ -33,6 +33,15 @@ pub struct RawConfig {
     pub admin_keys: BTreeMap<String, RawAdminKey>,
     #[serde(default)]
     pub audit: RawAudit,
+    pub guardrails: Option<RawGuardrails>,
+}
+
+/// `[guardrails]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuardrails {
+    pub dir: String,
+    pub watch_interval: Option<String>,
 }
 
 /// `[rate_limits]`: limits across all callers and models.

@@ -47,8 +47,10 @@ pub mod scan;
 pub mod secrets;
 pub mod tools;
 
+pub use audit::DecisionLog;
 pub use compile::{Kind, Mode, Policy, Rule};
 pub use handle::{Ctx, GuardrailsHandle, InputOutcome, OutputScanner};
+pub use metrics::GuardrailMetrics;
 pub use policy::PolicyError;
 pub use scan::{Finding, Pushed};
 

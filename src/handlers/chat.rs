@@ -15,6 +15,7 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited, StreamBody};
 
+use super::output::OutputFilter;
 use super::record::{Outcome, RequestRecord};
 use crate::api::body::{self, Body};
 use crate::api::sse::{ChunkEncoder, Collector, DONE, KEEP_ALIVE};
@@ -23,8 +24,10 @@ use crate::api::validate;
 use crate::auth::Caller;
 use crate::backends::EventStream;
 use crate::error::Error;
+use crate::guardrails::{Ctx, GuardrailsHandle};
 use crate::layers::request_id::RequestId;
 use crate::limits::estimate_prompt_tokens;
+use crate::routing::Target;
 use crate::state::{AppState, Route};
 
 /// A request that passed every check and has a backend stream open.
@@ -34,6 +37,10 @@ struct Accepted {
     stream: EventStream,
     /// `x-ratelimit-*` headers for the response.
     rate_headers: HeaderMap,
+    /// Output guardrails for this response.
+    filter: OutputFilter,
+    /// The target that serves, for its canary guard.
+    target: Arc<Target>,
 }
 
 /// Handles one chat request.
@@ -49,7 +56,8 @@ where
         .map(|r| r.0.clone())
         .unwrap_or_default();
     let mut record = RequestRecord::new(state.metrics.clone(), request_id.clone(), start);
-    match accept(&state, req, request_id, &mut record).await {
+    let policy = state.guardrails.as_ref().map(GuardrailsHandle::version);
+    let mut resp = match accept(&state, req, request_id, &mut record).await {
         Err(err) => {
             record.reject(&err);
             log_rejection(&err);
@@ -57,7 +65,11 @@ where
         }
         Ok(accepted) if accepted.request.is_stream() => stream(state, accepted, record),
         Ok(accepted) => collect(state, accepted, record).await,
+    };
+    if let Some(v) = policy.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        resp.headers_mut().insert("x-sluice-policy-version", v);
     }
+    resp
 }
 
 fn log_rejection(err: &Error) {
@@ -132,6 +144,10 @@ where
         });
     }
     validate::check(&mut request, &route.model.limits)?;
+    let guard_ctx = Ctx::new(&request_id, &route.model.name, caller.name());
+    if let Some(g) = &state.guardrails {
+        request = check_input(g, request, &guard_ctx).await?;
+    }
     if state.shutdown.is_draining() {
         return Err(Error::ShuttingDown);
     }
@@ -169,12 +185,39 @@ where
     {
         rate_headers.insert("x-sluice-model-version", v);
     }
+    let filter = OutputFilter::new(
+        state
+            .guardrails
+            .as_ref()
+            .map(|g| g.output_scanner(&guard_ctx)),
+    );
     Ok(Accepted {
         route,
         request,
         stream: opened.stream,
         rate_headers,
+        filter,
+        target: opened.target,
     })
+}
+
+/// Input guardrails. Small prompts are scanned in place (microseconds); large ones on a blocking
+/// thread so a long scan never stalls the async workers.
+async fn check_input(
+    g: &GuardrailsHandle,
+    mut request: ChatRequest,
+    ctx: &Ctx,
+) -> Result<ChatRequest, Error> {
+    const INLINE_BYTES: usize = 64 * 1024;
+    let bytes: usize = request.messages.iter().map(|m| m.text_len()).sum();
+    if bytes <= INLINE_BYTES {
+        g.check_input(&mut request, ctx)?;
+        return Ok(request);
+    }
+    let (g, ctx) = (g.clone(), ctx.clone());
+    tokio::task::spawn_blocking(move || g.check_input(&mut request, &ctx).map(|_| request))
+        .await
+        .map_err(|e| Error::Internal(format!("input guardrail task: {e}")))?
 }
 
 /// Prompt tokens for admission: counted with the model's own tokenizer when a token limit applies
@@ -222,7 +265,10 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
         request,
         stream: mut events,
         rate_headers,
+        mut filter,
+        target,
     } = accepted;
+    let started = record.started();
     let encoder = ChunkEncoder::new(
         new_id(),
         unix_now(),
@@ -258,10 +304,20 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
             record.backend_wait += waited.elapsed();
             match next {
                 Some(Ok(BackendEvent::Delta(d))) => {
-                    if carries_output(&d) {
-                        record.token(Instant::now(), &d);
+                    for d in filter.filter(d) {
+                        if carries_output(&d) {
+                            record.token(Instant::now(), &d);
+                        }
+                        yield Ok(Frame::data(encoder.delta(&d)));
                     }
-                    yield Ok(Frame::data(encoder.delta(&d)));
+                    if filter.blocked() {
+                        // The answer ends here; the backend stream is dropped below, which
+                        // stops the generation.
+                        route.router.guardrail_tripped(&target, started.elapsed());
+                        record.outcome = Outcome::Ok;
+                        yield Ok(Frame::data(Bytes::from_static(DONE)));
+                        break;
+                    }
                 }
                 Some(Ok(BackendEvent::Usage(u))) => usage = Some(u),
                 Some(Err(err)) => {
@@ -270,6 +326,12 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
                     break;
                 }
                 None => {
+                    for d in filter.end() {
+                        yield Ok(Frame::data(encoder.delta(&d)));
+                    }
+                    if filter.blocked() {
+                        route.router.guardrail_tripped(&target, started.elapsed());
+                    }
                     record.usage = usage;
                     record.outcome = Outcome::Ok;
                     if let (true, Some(u)) = (request.include_usage(), usage) {
@@ -307,8 +369,11 @@ async fn collect(
         route,
         stream: mut events,
         rate_headers,
+        mut filter,
+        target,
         ..
     } = accepted;
+    let started = record.started();
     let mut collector = Collector::new();
     let stop = state.shutdown.hard_stopped();
     tokio::pin!(stop);
@@ -322,10 +387,16 @@ async fn collect(
         record.backend_wait += waited.elapsed();
         match next {
             Some(Ok(BackendEvent::Delta(d))) => {
-                if carries_output(&d) {
-                    record.token(Instant::now(), &d);
+                for d in filter.filter(d) {
+                    if carries_output(&d) {
+                        record.token(Instant::now(), &d);
+                    }
+                    collector.push(d);
                 }
-                collector.push(d);
+                if filter.blocked() {
+                    route.router.guardrail_tripped(&target, started.elapsed());
+                    break;
+                }
             }
             Some(Ok(BackendEvent::Usage(u))) => collector.set_usage(u),
             Some(Err(err)) => {
@@ -334,7 +405,15 @@ async fn collect(
                 resp.headers_mut().extend(rate_headers);
                 return resp;
             }
-            None => break,
+            None => {
+                for d in filter.end() {
+                    collector.push(d);
+                }
+                if filter.blocked() {
+                    route.router.guardrail_tripped(&target, started.elapsed());
+                }
+                break;
+            }
         }
     }
     drop(events);

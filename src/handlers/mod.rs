@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod chat;
+pub mod output;
 pub mod record;
 
 use std::convert::Infallible;

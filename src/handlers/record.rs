@@ -97,6 +97,11 @@ impl RequestRecord {
         }
     }
 
+    /// When the request started.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     /// Records an error answered before the first byte.
     pub fn reject(&mut self, err: &Error) {
         self.status = err.status().as_u16();

@@ -1,0 +1,121 @@
+//! Output guardrails on the delta stream.
+//!
+//! Every delta of choice 0 passes through the policy's streaming scanner before it is framed, so
+//! streamed and collected answers are filtered by the same code. Text that could still become part
+//! of a match is held back and released (redacted if need be) as soon as it cannot; a block ends
+//! the answer with `finish_reason: "content_filter"` without releasing a byte of the blocked span.
+
+use crate::api::types::ChoiceDelta;
+use crate::guardrails::OutputScanner;
+
+/// Filters one response's deltas; a no-op without a policy.
+pub struct OutputFilter {
+    scanner: Option<OutputScanner>,
+    blocked: bool,
+    flushed: bool,
+}
+
+fn is_empty(d: &ChoiceDelta) -> bool {
+    d.role.is_none()
+        && d.content.as_deref().is_none_or(str::is_empty)
+        && d.finish_reason.is_none()
+        && d.extra.is_empty()
+}
+
+fn content(index: u32, text: String) -> ChoiceDelta {
+    ChoiceDelta {
+        index,
+        content: Some(text),
+        ..ChoiceDelta::default()
+    }
+}
+
+impl OutputFilter {
+    /// A filter over `scanner`, or a pass-through without one.
+    pub fn new(scanner: Option<OutputScanner>) -> Self {
+        OutputFilter {
+            scanner,
+            blocked: false,
+            flushed: false,
+        }
+    }
+
+    /// Whether a rule blocked the answer: nothing more may be sent but the end of the stream.
+    pub fn blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// The deltas to send for one backend delta (none, one, or released text then the finish).
+    pub fn filter(&mut self, mut d: ChoiceDelta) -> Vec<ChoiceDelta> {
+        let Some(scanner) = self.scanner.as_mut() else {
+            return vec![d];
+        };
+        if self.blocked || d.index != 0 {
+            return if self.blocked { Vec::new() } else { vec![d] };
+        }
+        let mut out = Vec::with_capacity(2);
+        if let Some(text) = d.content.take().filter(|t| !t.is_empty()) {
+            let pushed = scanner.push(&text);
+            d.content = Some(pushed.release);
+            if pushed.blocked {
+                return self.block(d);
+            }
+        } else if d.role.is_some() {
+            d.content = d.content.or(Some(String::new()));
+        }
+        if d.finish_reason.is_some() {
+            let finish = d.finish_reason.take();
+            if !is_empty(&d) {
+                out.push(d);
+            }
+            let flushed = scanner.finish();
+            self.flushed = true;
+            let mut tail = content(0, flushed.release);
+            if flushed.blocked {
+                return [out, self.block(tail)].concat();
+            }
+            tail.finish_reason = finish;
+            tail.content = tail.content.filter(|t| !t.is_empty());
+            out.push(tail);
+            return out;
+        }
+        if !is_empty(&d) || d.role.is_some() {
+            out.push(d);
+        }
+        out
+    }
+
+    /// At the end of a backend stream that sent no finish reason: releases what was held.
+    pub fn end(&mut self) -> Vec<ChoiceDelta> {
+        if self.blocked || self.flushed {
+            return Vec::new();
+        }
+        self.flushed = true;
+        let Some(scanner) = self.scanner.as_mut() else {
+            return Vec::new();
+        };
+        let flushed = scanner.finish();
+        if flushed.blocked {
+            return self.block(content(0, flushed.release));
+        }
+        let d = content(0, flushed.release);
+        if is_empty(&d) {
+            Vec::new()
+        } else {
+            vec![d]
+        }
+    }
+
+    fn block(&mut self, released: ChoiceDelta) -> Vec<ChoiceDelta> {
+        self.blocked = true;
+        let mut out = Vec::with_capacity(2);
+        if !is_empty(&released) {
+            out.push(released);
+        }
+        out.push(ChoiceDelta {
+            finish_reason: Some("content_filter".into()),
+            ..ChoiceDelta::default()
+        });
+        out
+    }
+}
