@@ -151,7 +151,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "model": args.model,
         "messages": [{"role": "user", "content": args.prompt}],
     });
-    if args.stream {
+    let stream = args.stream || args.hold;
+    if stream {
         body["stream"] = true.into();
     }
     if let Some(m) = args.max_tokens {
@@ -178,7 +179,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         host: HeaderValue::from_str(authority.as_str())?,
         auth,
         body: Bytes::from(serde_json::to_vec(&body)?),
-        stream: args.stream || args.hold,
+        stream,
         hold: args.hold,
         connections: args.connections,
         rate: args.rate,
