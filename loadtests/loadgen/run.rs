@@ -115,13 +115,21 @@ struct Exchange {
     status: u16,
 }
 
-/// Whether an SSE chunk carries a token: a non-empty `"content"` string. The role chunk that
-/// opens a stream has `"content":""` and is not a token.
-fn has_token(data: &[u8]) -> bool {
+/// How many tokens an SSE read carries: events with a non-empty `"content"` string. The role
+/// chunk that opens a stream has `"content":""` and is not a token. A read may hold several events
+/// when the sender wrote them together.
+fn tokens_in(data: &[u8]) -> usize {
     const NEEDLE: &[u8] = b"\"content\":\"";
-    data.windows(NEEDLE.len())
-        .position(|w| w == NEEDLE)
-        .is_some_and(|at| data.get(at + NEEDLE.len()).is_some_and(|b| *b != b'"'))
+    let mut n = 0;
+    let mut rest = data;
+    while let Some(at) = rest.windows(NEEDLE.len()).position(|w| w == NEEDLE) {
+        let after = at + NEEDLE.len();
+        if rest.get(after).is_some_and(|b| *b != b'"') {
+            n += 1;
+        }
+        rest = &rest[after..];
+    }
+    n
 }
 
 /// Runs the load and prints the result line.
@@ -365,7 +373,8 @@ async fn exchange(
                 eprintln!("READY {n}");
             }
         }
-        if !plan.stream || !has_token(data) {
+        let tokens = if plan.stream { tokens_in(data) } else { 0 };
+        if tokens == 0 {
             continue;
         }
         let now = Instant::now();
@@ -373,6 +382,10 @@ async fn exchange(
             match last_token {
                 None => s.ttft(now - started),
                 Some(prev) => s.gap(now - prev),
+            }
+            // Tokens that arrived in the same read reached the client together: no gap.
+            for _ in 1..tokens {
+                s.gap(Duration::ZERO);
             }
         }
         last_token = Some(now);
@@ -386,12 +399,17 @@ mod tests {
 
     #[test]
     fn tokens_are_non_empty_content() {
-        assert!(has_token(
-            br#"data: {"choices":[{"delta":{"content":"hi"}}]}"#
-        ));
-        assert!(!has_token(
-            br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#
-        ));
-        assert!(!has_token(b"data: [DONE]"));
+        assert_eq!(
+            tokens_in(br#"data: {"choices":[{"delta":{"content":"hi"}}]}"#),
+            1
+        );
+        assert_eq!(
+            tokens_in(br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#),
+            0
+        );
+        assert_eq!(tokens_in(b"data: [DONE]"), 0);
+        let two =
+            b"data: {\"delta\":{\"content\":\"a\"}}\n\ndata: {\"delta\":{\"content\":\"b\"}}\n\n";
+        assert_eq!(tokens_in(two), 2);
     }
 }
