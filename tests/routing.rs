@@ -70,6 +70,35 @@ async fn weighted_split_lands_within_tolerance_over_10k_requests() {
     assert!((850..=1150).contains(&to_b), "b got {to_b}");
 }
 
+#[test]
+fn plan_is_the_picked_target_then_the_enabled_fallbacks() {
+    let config = r#"
+[backends.a]
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+[backends.b]
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+[models.m]
+targets = [{ backend = "a", weight = 100 }, { backend = "b", weight = 0 }]
+fallbacks = ["b"]
+"#;
+    let (router, _) = router_for(
+        config,
+        vec![
+            ScriptedBackend::new("a", vec![]),
+            ScriptedBackend::new("b", vec![]),
+        ],
+    );
+    let names =
+        |r: &ModelRouter| -> Vec<String> { r.plan().iter().map(|t| t.name().to_owned()).collect() };
+    assert_eq!(names(&router), ["a", "b"]);
+    router.set_target_enabled("a", false, "test").unwrap();
+    assert_eq!(names(&router), ["b"]);
+    router.set_target_enabled("b", false, "test").unwrap();
+    assert!(names(&router).is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_then_breaker_then_half_open_probe_then_closed() {
     let config = r#"

@@ -234,8 +234,10 @@ impl ModelRouter {
         None
     }
 
-    /// The order in which targets are tried for one request.
-    fn plan(&self) -> Vec<Arc<Target>> {
+    /// The order in which targets are tried for one request: a target picked by weight, then the
+    /// enabled fallbacks. It calls no backend and touches no budget or breaker, so it is public for
+    /// the routing benchmark (benches/gateway.rs).
+    pub fn plan(&self) -> Vec<Arc<Target>> {
         let mut plan: Vec<Arc<Target>> = self.pick().into_iter().collect();
         for f in &self.model.fallbacks {
             if let Some(t) = self.target(f) {
