@@ -27,7 +27,6 @@ use crate::error::Error;
 use crate::guardrails::{Ctx, GuardrailsHandle};
 use crate::layers::request_id::RequestId;
 use crate::limits::estimate_prompt_tokens;
-use crate::routing::Target;
 use crate::state::{AppState, Route};
 
 /// A request that passed every check and has a backend stream open.
@@ -39,8 +38,6 @@ struct Accepted {
     rate_headers: HeaderMap,
     /// Output guardrails for this response.
     filter: OutputFilter,
-    /// The target that serves, for its canary guard.
-    target: Arc<Target>,
 }
 
 /// Handles one chat request.
@@ -190,6 +187,11 @@ where
             .guardrails
             .as_ref()
             .map(|g| g.output_scanner(&guard_ctx)),
+    )
+    .report_to(
+        route.router.clone(),
+        opened.target.clone(),
+        record.started(),
     );
     Ok(Accepted {
         route,
@@ -197,7 +199,6 @@ where
         stream: opened.stream,
         rate_headers,
         filter,
-        target: opened.target,
     })
 }
 
@@ -266,9 +267,7 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
         stream: mut events,
         rate_headers,
         mut filter,
-        target,
     } = accepted;
-    let started = record.started();
     let encoder = ChunkEncoder::new(
         new_id(),
         unix_now(),
@@ -313,7 +312,6 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
                     if filter.blocked() {
                         // The answer ends here; the backend stream is dropped below, which
                         // stops the generation.
-                        route.router.guardrail_tripped(&target, started.elapsed());
                         record.outcome = Outcome::Ok;
                         yield Ok(Frame::data(Bytes::from_static(DONE)));
                         break;
@@ -328,9 +326,6 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
                 None => {
                     for d in filter.end() {
                         yield Ok(Frame::data(encoder.delta(&d)));
-                    }
-                    if filter.blocked() {
-                        route.router.guardrail_tripped(&target, started.elapsed());
                     }
                     record.usage = usage;
                     record.outcome = Outcome::Ok;
@@ -370,10 +365,8 @@ async fn collect(
         stream: mut events,
         rate_headers,
         mut filter,
-        target,
         ..
     } = accepted;
-    let started = record.started();
     let mut collector = Collector::new();
     let stop = state.shutdown.hard_stopped();
     tokio::pin!(stop);
@@ -394,7 +387,6 @@ async fn collect(
                     collector.push(d);
                 }
                 if filter.blocked() {
-                    route.router.guardrail_tripped(&target, started.elapsed());
                     break;
                 }
             }
@@ -408,9 +400,6 @@ async fn collect(
             None => {
                 for d in filter.end() {
                     collector.push(d);
-                }
-                if filter.blocked() {
-                    route.router.guardrail_tripped(&target, started.elapsed());
                 }
                 break;
             }

@@ -5,14 +5,20 @@
 //! of a match is held back and released (redacted if need be) as soon as it cannot; a block ends
 //! the answer with `finish_reason: "content_filter"` without releasing a byte of the blocked span.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::api::types::ChoiceDelta;
 use crate::guardrails::OutputScanner;
+use crate::routing::{ModelRouter, Target};
 
 /// Filters one response's deltas; a no-op without a policy.
 pub struct OutputFilter {
     scanner: Option<OutputScanner>,
     blocked: bool,
     flushed: bool,
+    /// Where a block is reported, for the serving target's canary guard.
+    served_by: Option<(Arc<ModelRouter>, Arc<Target>, Instant)>,
 }
 
 fn is_empty(d: &ChoiceDelta) -> bool {
@@ -37,7 +43,19 @@ impl OutputFilter {
             scanner,
             blocked: false,
             flushed: false,
+            served_by: None,
         }
+    }
+
+    /// Reports a block to `target`'s canary guard, with the time since `started`.
+    pub fn report_to(
+        mut self,
+        router: Arc<ModelRouter>,
+        target: Arc<Target>,
+        started: Instant,
+    ) -> Self {
+        self.served_by = Some((router, target, started));
+        self
     }
 
     /// Whether a rule blocked the answer: nothing more may be sent but the end of the stream.
@@ -108,6 +126,9 @@ impl OutputFilter {
 
     fn block(&mut self, released: ChoiceDelta) -> Vec<ChoiceDelta> {
         self.blocked = true;
+        if let Some((router, target, started)) = &self.served_by {
+            router.guardrail_tripped(target, started.elapsed());
+        }
         let mut out = Vec::with_capacity(2);
         if !is_empty(&released) {
             out.push(released);
