@@ -58,6 +58,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// 429s from rate limits, by limit kind and key name.
     pub rate_limited: IntCounterVec,
+    /// 401s for API requests, by reason (missing_key, unknown_key): a burst is someone guessing.
+    pub auth_refused: IntCounterVec,
     /// Local models: time a request waited for a generation slot.
     pub local_queue_wait: HistogramVec,
     /// Local models: requests waiting now.
@@ -185,6 +187,11 @@ impl Metrics {
                 "Requests refused by a rate limit, by limit kind and key name.",
                 &["kind", "key"],
             ),
+            auth_refused: counter(
+                "sluice_auth_refused_total",
+                "API requests refused for a missing or unknown key, by reason.",
+                &["reason"],
+            ),
             local_queue_wait: histogram(
                 "sluice_local_queue_wait_seconds",
                 "Time a request waited for a local generation slot.",
@@ -240,6 +247,7 @@ impl Metrics {
             Box::new(m.in_flight.clone()),
             Box::new(m.streams_aborted.clone()),
             Box::new(m.rate_limited.clone()),
+            Box::new(m.auth_refused.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.target_requests.clone()),
             Box::new(m.fallbacks.clone()),

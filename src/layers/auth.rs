@@ -8,11 +8,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::api::body::Body;
+use crate::layers::request_id::RequestId;
 use crate::state::AppState;
 
 /// Authenticates API requests against the gateway's key ring.
@@ -89,9 +91,32 @@ where
                     inner: self.inner.call(req),
                 }
             }
-            Err(err) => ResponseFuture::Refused {
-                response: Some(err.into_response()),
-            },
+            Err(err) => {
+                // Which one, never what was sent: the key itself stays out of logs and metrics.
+                let reason = if req.headers().contains_key(AUTHORIZATION) {
+                    "unknown_key"
+                } else {
+                    "missing_key"
+                };
+                self.state
+                    .metrics
+                    .auth_refused
+                    .with_label_values(&[reason])
+                    .inc();
+                let request_id = req.extensions().get::<RequestId>().map(|id| id.0.as_str());
+                tracing::info!(
+                    target: "sluice::access",
+                    request_id,
+                    path = req.uri().path(),
+                    status = 401,
+                    outcome = "rejected",
+                    error = reason,
+                    "request refused"
+                );
+                ResponseFuture::Refused {
+                    response: Some(err.into_response()),
+                }
+            }
         }
     }
 }

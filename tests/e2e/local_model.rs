@@ -1,12 +1,9 @@
 //! The embedded default through the whole stack: `config/sluice.toml` served on port 0 with the
 //! real SmolLM2 model (fetched once into `SLUICE_MODEL_DIR` when missing).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use sluice::config::Config;
 

@@ -1,14 +1,11 @@
 //! Routing: weighted splits, retries, fallbacks, breakers, canary rollback, the kill switch, the
 //! admin API and config reload.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use sluice::audit::AuditLog;
 use sluice::auth::hash_hex;

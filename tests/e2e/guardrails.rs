@@ -1,8 +1,6 @@
 //! Each rule kind and action, on input, on streamed output and on non-streamed output; the
 //! handle's evidence (metrics, audit), hot reload, and the policy-author tools.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -1,11 +1,8 @@
 //! End-to-end tests of the serving core against a real gateway on port 0 with scripted backends.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use sluice::error::TimeoutPhase;
 use sluice::Error;

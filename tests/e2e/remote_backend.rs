@@ -2,7 +2,6 @@
 //! authorization, every fault mode, timeouts, and cancellation on drop.
 
 // Helpers outside `#[test]` functions are test code too.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

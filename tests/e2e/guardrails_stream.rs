@@ -1,8 +1,6 @@
 //! The streaming scanner gives exactly the whole-text result, whatever the chunking, and never
 //! releases a byte it later has to take back.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 use std::sync::Arc;
 

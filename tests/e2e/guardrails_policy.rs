@@ -1,7 +1,5 @@
 //! Every policy shipped under guardrails/ compiles, passes `check` and passes its own tests.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 use std::sync::Arc;
 

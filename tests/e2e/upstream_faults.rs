@@ -1,12 +1,9 @@
 //! The whole stack against a real (in-process) OpenAI-compatible upstream with fault modes:
 //! every fault ends in the right status or SSE error event, and nothing stays in flight.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use sluice::mock_upstream::{MockConfig, MockUpstream};
 

@@ -1,13 +1,10 @@
 //! Real clients against the gateway: the official `openai` Python SDK, and `promtool` checking the
 //! metrics exposition. Both must be installed (`.ci/run` installs them).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())

@@ -1,12 +1,9 @@
 //! Guardrails through the gateway: input checks, streamed and collected output scanning, the
 //! policy version header, canary trips, and hot reload under load.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn config_with_policy(dir: &std::path::Path, extra: &str) -> String {

@@ -1,5 +1,4 @@
 //! Shared test fixtures: a gateway on port 0 with scriptable backends, and a small HTTP client.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
 use std::future::Future;

