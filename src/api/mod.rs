@@ -2,6 +2,7 @@
 //! validation. Everything a client can see is defined here.
 
 pub mod body;
+pub mod coalesce;
 pub mod sse;
 pub mod types;
 pub mod validate;

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Limited, StreamBody};
 use super::output::OutputFilter;
 use super::record::{Outcome, RequestRecord};
 use crate::api::body::{self, Body};
+use crate::api::coalesce::Coalesce;
 use crate::api::sse::{ChunkEncoder, Collector, DONE, KEEP_ALIVE};
 use crate::api::types::{BackendEvent, ChatRequest, ChoiceDelta};
 use crate::api::validate;
@@ -290,13 +291,13 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
                 _ = &mut stop => {
                     let err = Error::ShuttingDown;
                     record.stream_error(&err);
-                    yield Ok::<_, Infallible>(Frame::data(err.to_sse_event()));
+                    yield err.to_sse_event();
                     break;
                 }
                 ev = events.next() => ev,
                 _ = tokio::time::sleep(keep_alive) => {
                     record.backend_wait += waited.elapsed();
-                    yield Ok(Frame::data(Bytes::from_static(KEEP_ALIVE)));
+                    yield Bytes::from_static(KEEP_ALIVE);
                     continue;
                 }
             };
@@ -307,32 +308,32 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
                         if carries_output(&d) {
                             record.token(Instant::now(), &d);
                         }
-                        yield Ok(Frame::data(encoder.delta(&d)));
+                        yield encoder.delta(&d);
                     }
                     if filter.blocked() {
                         // The answer ends here; the backend stream is dropped below, which
                         // stops the generation.
                         record.outcome = Outcome::Ok;
-                        yield Ok(Frame::data(Bytes::from_static(DONE)));
+                        yield Bytes::from_static(DONE);
                         break;
                     }
                 }
                 Some(Ok(BackendEvent::Usage(u))) => usage = Some(u),
                 Some(Err(err)) => {
                     record.stream_error(&err);
-                    yield Ok(Frame::data(err.to_sse_event()));
+                    yield err.to_sse_event();
                     break;
                 }
                 None => {
                     for d in filter.end() {
-                        yield Ok(Frame::data(encoder.delta(&d)));
+                        yield encoder.delta(&d);
                     }
                     record.usage = usage;
                     record.outcome = Outcome::Ok;
                     if let (true, Some(u)) = (request.include_usage(), usage) {
-                        yield Ok(Frame::data(encoder.usage(&u)));
+                        yield encoder.usage(&u);
                     }
-                    yield Ok(Frame::data(Bytes::from_static(DONE)));
+                    yield Bytes::from_static(DONE);
                     break;
                 }
             }
@@ -342,6 +343,8 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
         drop(events);
     };
 
+    // Events that are ready together (an upstream burst) leave in one write.
+    let frames = Coalesce::new(frames).map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
     let h = resp.headers_mut();
     h.insert(
