@@ -7,6 +7,8 @@
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Policy snippets (loadtests/policy.d/) name files of the checkout through this variable.
+export SLUICE_REPO="$PWD"
 
 BIN="${CARGO_TARGET_DIR:-target}/release"
 WORK="$(mktemp -d -t sluice-load.XXXXXX)"
@@ -168,6 +170,8 @@ EOF
 #        is refused, plus every policy snippet in loadtests/policy.d/ (guardrails go there).
 #   off: no keys, no limits.
 # An optional fifth argument is more TOML appended as is (more models, for example).
+# UPSTREAM_HTTP2=true makes the gateway speak h2c (prior knowledge) to the mock, one connection
+# for all streams, instead of a pooled HTTP/1.1 connection per stream.
 sluice_config() {
     local file="$1" port="$2" upstream="$3" policy="$4" extra="${5:-}"
     cat >"$file" <<EOF
@@ -183,6 +187,7 @@ type = "openai"
 base_url = "http://127.0.0.1:$upstream/v1"
 pool_max_idle_per_host = 1024
 idle_timeout = "10m"
+http2_only = ${UPSTREAM_HTTP2:-false}
 
 [models.mock]
 backend = "upstream"

@@ -9,6 +9,7 @@
 # role chunk and then nothing, so each stream holds a client connection, an upstream connection
 # and the gateway's state for it. Each proxied stream holds two sockets in the gateway, so the
 # number of streams is capped by the open-files limit (see the note printed when it is).
+# With UPSTREAM_HTTP2=true every stream shares one h2c connection to the upstream (see lib.sh).
 source "$(dirname "$0")/lib.sh"
 
 STREAMS="${STREAMS:-10000}"
@@ -16,8 +17,11 @@ HOLD="${HOLD:-60s}"
 
 build
 raise_nofile 65536
-# Two sockets per stream in the gateway, plus its listeners, pool and files.
-MAX_STREAMS=$((($(ulimit -n) - 200) / 2))
+# Two sockets per stream in the gateway (one with an h2c upstream), plus its listeners, pool and
+# files.
+SOCKETS_PER_STREAM=2
+[[ "${UPSTREAM_HTTP2:-false}" == true ]] && SOCKETS_PER_STREAM=1
+MAX_STREAMS=$((($(ulimit -n) - 200) / SOCKETS_PER_STREAM))
 if ((STREAMS > MAX_STREAMS)); then
     echo "note: open-files limit $(ulimit -n) allows $MAX_STREAMS proxied streams, not $STREAMS; measuring $MAX_STREAMS" >&2
     STREAMS=$MAX_STREAMS
@@ -62,7 +66,9 @@ sleep 2
 RSS_AFTER="$(rss_kb "$SLUICE_PID")"
 
 echo
-echo "### Memory (no local model; $STREAMS idle streams)"
+UPSTREAM_PROTO="HTTP/1.1"
+[[ "$SOCKETS_PER_STREAM" == 1 ]] && UPSTREAM_PROTO="h2c, one connection"
+echo "### Memory (no local model; $STREAMS idle streams; upstream $UPSTREAM_PROTO)"
 echo
 machine | sed 's/^/    /'
 echo
