@@ -45,7 +45,7 @@ def generate(samples, seed):
     faker = PresidioSentenceFaker("en_US", lower_case_ratio=0.05, random_seed=seed)
     corpus = []
     for s in faker.generate_new_fake_sentences(num_samples=samples):
-        text = s.full_text
+        text, at = unescape_newlines(s.full_text)
         gold = []
         for span in s.spans:
             entity = ENTITIES.get(span.entity_type)
@@ -54,12 +54,30 @@ def generate(samples, seed):
             gold.append(
                 (
                     entity,
-                    byte_offset(text, span.start_position),
-                    byte_offset(text, span.end_position),
+                    byte_offset(text, at[span.start_position]),
+                    byte_offset(text, at[span.end_position]),
                 )
             )
         corpus.append((text, gold))
     return corpus
+
+
+def unescape_newlines(raw):
+    """The templates write line breaks as a backslash and an `n`; they mean newlines (addresses,
+    signatures, forms). Returns the text with real newlines and, for every offset of `raw`, the
+    offset of the same place in the text."""
+    out, at, i = [], [], 0
+    while i < len(raw):
+        at.append(len(out))
+        if raw.startswith("\\n", i):
+            at.append(len(out))
+            out.append("\n")
+            i += 2
+        else:
+            out.append(raw[i])
+            i += 1
+    at.append(len(out))
+    return "".join(out), at
 
 
 def scan(sluice, policy, texts):

@@ -35,17 +35,25 @@ pub fn probes(entity: &str) -> Option<Vec<ProbeSpec>> {
                 .validate(phone_international)
                 .context(PHONE_POSITIVE, PHONE_NEGATIVE)
                 .after(2),
-            p(r"(?:\([0-9]{2,4}\)[ .\-]?|(?-u:\b)[0-9]{2,4}[ .\-])[0-9]{2,4}[ .\-][0-9]{3,4}(?-u:\b)")?
+            // National numbers: an area or trunk group (in parentheses or not), up to four
+            // more groups, and an optional extension: (555) 123-4567 x204, 06-12345678,
+            // 07700 900123, 05.53.18.69.64, 0477 82 93 97.
+            p(concat!(
+                r"(?:\(0?[0-9]{2,5}\)[ .\-]?|(?-u:\b)[0-9]{2,5}[ .\-])",
+                r"(?:[0-9]{2,4}[ .\-]){0,3}[0-9]{2,8}",
+                r"(?:[ ]?(?:x|ext\.?)[ ]?[0-9]{1,5})?(?-u:\b)"
+            ))?
                 .label("[PHONE]")
                 .validate(phone_national)
                 .context(PHONE_POSITIVE, PHONE_NEGATIVE)
-                .after(2),
+                // Enough to see a street name after a house number and postcode.
+                .after(24),
         ],
-        "credit_card" => vec![p(r"(?-u:\b)(?:[0-9][ \-]?){12,18}[0-9](?-u:\b)")?
+        "credit_card" => vec![p(r"(?-u:\b)(?:[0-9][ \-]?){11,18}[0-9](?-u:\b)")?
             .label("[CREDIT_CARD]")
             .validate(credit_card)
             .context(
-                &["card", "visa", "mastercard", "amex", "credit", "debit", "cc"],
+                &["card", "visa", "mastercard", "maestro", "amex", "credit", "debit", "cc"],
                 &["order", "tracking", "isbn", "invoice", "account id"],
             )
             .after(2)],
@@ -86,10 +94,39 @@ fn entity_name(entity: &str) -> Option<&'static str> {
 }
 
 const PHONE_POSITIVE: &[&str] = &[
-    "phone", "call", "tel", "mobile", "cell", "contact", "fax", "whatsapp", "reach me", "text me",
+    "phone",
+    "telephone",
+    "call",
+    "tel",
+    "mobile",
+    "cell",
+    "contact",
+    "fax",
+    "whatsapp",
+    "sms",
+    "dial",
+    "desk",
+    "office",
+    "landline",
+    "reach me",
+    "reach you",
+    "reach us",
+    "text me",
+    "answering at",
+    "messages to",
 ];
 const PHONE_NEGATIVE: &[&str] = &[
-    "order", "invoice", "tracking", "ref", "serial", "isbn", "ticket", "#", "account",
+    "order",
+    "invoice",
+    "tracking",
+    "ref",
+    "serial",
+    "isbn",
+    "ticket",
+    "#",
+    "account",
+    "ssn",
+    "social security",
 ];
 const SSN_POSITIVE: &[&str] = &["ssn", "social security", "social sec", "taxpayer", "tin"];
 const SSN_NEGATIVE: &[&str] = &["phone", "call", "order", "invoice", "zip", "tel"];
@@ -144,30 +181,93 @@ fn phone_national(c: &Candidate<'_>) -> Option<f32> {
         return None;
     }
     let t = c.text();
-    let groups: Vec<&str> = t
+    // An extension (`x204`, `ext. 12`) is redacted with the number but is not part of its shape.
+    let number = t
+        .find(|ch: char| ch.is_ascii_alphabetic())
+        .map_or(t, |i| &t[..i]);
+    let groups: Vec<&str> = number
         .split(|ch: char| !ch.is_ascii_digit())
         .filter(|g| !g.is_empty())
         .collect();
-    if groups.len() != 3 {
+    if !(2..=5).contains(&groups.len()) {
         return None;
     }
-    // Dates: 12.03.2024, 2024-03-12, 03/12/2024 written with the phone separators.
+    // Dates (12.03.2024, 2024-03-12, 03/12/2024) anywhere in the run, and dotted quads.
     let num = |g: &str| g.parse::<u32>().unwrap_or(u32::MAX);
     let is_year = |g: &str| g.len() == 4 && (1900..=2100).contains(&num(g));
     let day_or_month = |g: &str| g.len() <= 2 && (1..=31).contains(&num(g));
-    if (day_or_month(groups[0]) && day_or_month(groups[1]) && is_year(groups[2]))
-        || (is_year(groups[0]) && day_or_month(groups[1]) && day_or_month(groups[2]))
+    let is_date = |w: &[&str]| {
+        (day_or_month(w[0]) && day_or_month(w[1]) && is_year(w[2]))
+            || (is_year(w[0]) && day_or_month(w[1]) && day_or_month(w[2]))
+    };
+    if groups.windows(3).any(is_date) {
+        return None;
+    }
+    if groups.len() == 4 && number.contains('.') && groups.iter().all(|g| num(g) <= 255) {
+        return None;
+    }
+    let d = digits(number).len();
+    if !(7..=12).contains(&d) {
+        return None;
+    }
+    // Shapes that are phone numbers on their own: North American (555) 123-4567 and
+    // 555-123-4567, and national numbers that start with a trunk 0 (06-12345678, 07700 900123,
+    // 05.53.18.69.64). Anything else (12 000 000, 2019-2024, 94105-1234) needs a context word.
+    // A house number (and postcode) before a street name is an address.
+    if c.after()
+        .split(|ch: char| !ch.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(3)
+        .any(|w| STREET_WORDS.contains(&w.to_lowercase().as_str()))
     {
         return None;
     }
-    let d = digits(t).len();
-    if !(9..=12).contains(&d) {
-        return None;
-    }
-    // (555) 123-4567 and 555-123-4567 are the common North American shapes.
-    let nanp = groups[0].len() == 3 && groups[1].len() == 3 && groups[2].len() == 4;
-    Some(if t.starts_with('(') || nanp { 0.6 } else { 0.4 })
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    let nanp = lens == [3, 3, 4];
+    // 123-45-6789 is the shape of a US SSN, never a phone number on its own.
+    let ssn_shape = lens == [3, 2, 4];
+    let area_code = number.starts_with('(');
+    let trunk = number.starts_with('0') && (9..=11).contains(&d);
+    Some(if !ssn_shape && (nanp || area_code || trunk) {
+        0.6
+    } else {
+        0.4
+    })
 }
+
+/// Words that follow a house number in an address.
+const STREET_WORDS: &[&str] = &[
+    "street",
+    "st",
+    "avenue",
+    "ave",
+    "lane",
+    "ln",
+    "road",
+    "rd",
+    "boulevard",
+    "blvd",
+    "drive",
+    "dr",
+    "way",
+    "court",
+    "ct",
+    "place",
+    "pl",
+    "square",
+    "sq",
+    "terrace",
+    "parkway",
+    "highway",
+    "hwy",
+    "rue",
+    "strasse",
+    "straße",
+    "calle",
+    "via",
+    "suite",
+    "apt",
+];
 
 fn credit_card(c: &Candidate<'_>) -> Option<f32> {
     if part_of_longer_number(c) {
@@ -175,7 +275,7 @@ fn credit_card(c: &Candidate<'_>) -> Option<f32> {
     }
     let t = c.text();
     let d = digits(t);
-    if !(13..=19).contains(&d.len()) || d.iter().all(|x| *x == d[0]) {
+    if !(12..=19).contains(&d.len()) || d.iter().all(|x| *x == d[0]) {
         return None;
     }
     // Separators, where present, are one kind and split the number into groups of 4-6 digits,
@@ -193,11 +293,18 @@ fn credit_card(c: &Candidate<'_>) -> Option<f32> {
         return None;
     }
     let prefix = |n: usize| d[..n].iter().fold(0u32, |acc, x| acc * 10 + u32::from(*x));
+    // Only Maestro (50, 56-69) issues 12-digit numbers; many other 12-digit numbers pass Luhn
+    // by chance, so those need a context word ("card", "maestro", "cc").
+    let maestro = prefix(2) == 50 || (56..=69).contains(&prefix(2));
+    if d.len() == 12 {
+        return maestro.then_some(0.3);
+    }
     let known = matches!(d[0], 4)
         || (51..=55).contains(&prefix(2))
         || (2221..=2720).contains(&prefix(4))
         || matches!(prefix(2), 34 | 37 | 36 | 38 | 35 | 65 | 62)
-        || prefix(4) == 6011;
+        || prefix(4) == 6011
+        || maestro;
     Some(if known { 0.9 } else { 0.5 })
 }
 
