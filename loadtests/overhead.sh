@@ -11,7 +11,9 @@
 #
 # Environment: DURATION (per point, 5s), WARMUP (1s), CONNS ("1 32 256"), STREAM (1),
 # SLUICE_BEFORE (a second sluice binary, measured as `sluice-before`, for before/after
-# comparisons), WRK (1; 0 skips the cross-check), KEEP_WORK (keep configs and logs).
+# comparisons), SLUICE_BEFORE_REPO (a checkout of that binary's commit, whose guardrails/ it
+# serves; this checkout's policy when unset), WRK (1; 0 skips the cross-check), KEEP_WORK (keep
+# configs and logs).
 source "$(dirname "$0")/lib.sh"
 
 DURATION="${DURATION:-5s}"
@@ -41,7 +43,9 @@ TARGETS=("direct $MOCK_PORT -" "nginx $NGINX_PORT -" "sluice-on $ON_PORT $BENCH_
 if [[ -n "${SLUICE_BEFORE:-}" ]]; then
     BEFORE_PORT="$(free_port)"
     sluice_config "$WORK/before.toml" "$BEFORE_PORT" "$MOCK_PORT" on
-    start_sluice "$WORK/before.toml" "$BEFORE_PORT" "$SLUICE_BEFORE"
+    # An older binary may not pass the newer policy's own tests: it serves its own policy.
+    SLUICE_REPO="${SLUICE_BEFORE_REPO:-$SLUICE_REPO}" \
+        start_sluice "$WORK/before.toml" "$BEFORE_PORT" "$SLUICE_BEFORE"
     TARGETS+=("sluice-before $BEFORE_PORT $BENCH_KEY")
 fi
 

@@ -57,6 +57,12 @@ pub trait Backend: Send + Sync {
     /// Whether the backend is usable now, for `/readyz`.
     fn readiness(&self) -> Pin<Box<dyn Future<Output = Readiness> + Send + '_>>;
 
+    /// Whether [`Backend::count_prompt_tokens`] can answer: the admission path moves to a
+    /// blocking thread only for backends that can.
+    fn counts_tokens(&self) -> bool {
+        false
+    }
+
     /// The exact prompt token count of `request`, when the backend has the model's tokenizer.
     /// Blocking and CPU-bound: call it off the async workers.
     fn count_prompt_tokens(&self, _request: &ChatRequest) -> Option<u64> {

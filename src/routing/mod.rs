@@ -190,11 +190,12 @@ impl ModelRouter {
     }
 
     /// The backend whose tokenizer counts prompts for this model: the first target's first
-    /// replica (targets of one model serve the same model family).
+    /// replica (targets of one model serve the same model family), when it has a tokenizer.
     pub fn counting_backend(&self) -> Option<Arc<dyn Backend>> {
         self.targets
             .first()
             .and_then(|t| t.replicas.first())
+            .filter(|r| r.backend.counts_tokens())
             .map(|r| r.backend.clone())
     }
 

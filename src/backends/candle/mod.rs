@@ -257,6 +257,10 @@ impl Backend for CandleBackend {
         })
     }
 
+    fn counts_tokens(&self) -> bool {
+        matches!(self.state, State::Serving(_))
+    }
+
     fn count_prompt_tokens(&self, request: &ChatRequest) -> Option<u64> {
         let State::Serving(s) = &self.state else {
             return None;
