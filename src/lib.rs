@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod guardrails;
 pub mod handlers;
+pub mod idle_timer;
 pub mod layers;
 pub mod limits;
 pub mod metrics;

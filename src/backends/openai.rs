@@ -33,7 +33,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, StatusCode, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -44,11 +44,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::time::{Instant, Sleep};
 
+use super::http1_pool::{DrivenBody, Http1Pool, SendError};
 use super::sse_parser::{SseEvent, SseParser, DEFAULT_MAX_EVENT_BYTES};
 use super::{Backend, BackendRequest, ChatFuture, EventStream, Readiness};
 use crate::api::types::{BackendEvent, ChoiceDelta, StreamOptions, Usage};
 use crate::config::OpenAiConfig;
 use crate::error::{Error, Result, TimeoutPhase};
+use crate::idle_timer::IdleTimer;
 
 /// The most of an upstream error body kept for the client; the rest is dropped.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -66,8 +68,8 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub struct OpenAiBackend {
     name: Arc<str>,
     config: OpenAiConfig,
-    /// Pooled, shared by every request to this backend.
-    client: HttpClient,
+    /// Pooled connections, shared by every request to this backend.
+    transport: Transport,
     /// `{base_url}/chat/completions`, built once.
     chat_uri: Uri,
     /// `Bearer <key>`, marked sensitive so it is never printed nor HPACK-indexed.
@@ -77,11 +79,26 @@ pub struct OpenAiBackend {
     max_event_bytes: usize,
 }
 
+/// How requests reach the upstream.
+#[derive(Clone)]
+enum Transport {
+    /// hyper's pooled client, each connection a task of its own: TLS (with ALPN) and HTTP/2.
+    Shared(Box<HttpClient>),
+    /// Plain HTTP/1.1, each connection driven by the request that holds it.
+    Driven(Http1Pool),
+}
+
+/// An upstream response body from either transport.
+enum UpstreamBody {
+    Shared(Incoming),
+    Driven(DrivenBody),
+}
+
 /// The events of one upstream SSE response.
 struct SseEvents {
     backend: Arc<str>,
     /// The response body; `None` once the stream ended or failed (dropping it aborts the request).
-    body: Option<Incoming>,
+    body: Option<UpstreamBody>,
     parser: SseParser,
     /// Scratch space for the parser's output, kept to reuse its allocation.
     parsed: Vec<SseEvent>,
@@ -93,8 +110,7 @@ struct SseEvents {
     done: bool,
     /// Nothing more will be yielded.
     finished: bool,
-    idle_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
+    idle: IdleTimer,
     total: Pin<Box<Sleep>>,
 }
 
@@ -187,18 +203,30 @@ impl OpenAiBackend {
         } else {
             builder.enable_http1().enable_http2().wrap_connector(http)
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(config.http2_only)
-            .build(connector);
+        let transport = if !https && !config.http2_only {
+            Transport::Driven(Http1Pool::new(
+                host.clone(),
+                port,
+                config.connect_timeout,
+                config.pool_idle_timeout,
+                config.pool_max_idle_per_host,
+            ))
+        } else {
+            Transport::Shared(Box::new(
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(config.pool_idle_timeout)
+                    .pool_max_idle_per_host(config.pool_max_idle_per_host)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .http2_only(config.http2_only)
+                    .build(connector),
+            ))
+        };
 
         Ok(OpenAiBackend {
             name: Arc::from(name),
             config,
-            client,
+            transport,
             chat_uri,
             auth,
             probe: (host, port),
@@ -265,7 +293,7 @@ impl Backend for OpenAiBackend {
 
     fn chat(&self, req: BackendRequest) -> ChatFuture {
         let request = self.upstream_request(req);
-        let client = self.client.clone();
+        let transport = self.transport.clone();
         let backend = self.name.clone();
         let config = &self.config;
         let (first_byte, idle, total) = (
@@ -283,13 +311,12 @@ impl Backend for OpenAiBackend {
             } else {
                 (total_deadline, TimeoutPhase::Total)
             };
-            let response =
-                match tokio::time::timeout_at(head_deadline, client.request(request)).await {
-                    Err(_) => return Err(timeout(&backend, head_phase)),
-                    Ok(Err(e)) => return Err(request_error(&backend, &e)),
-                    Ok(Ok(response)) => response,
-                };
-            let (parts, body) = response.into_parts();
+            let response = tokio::time::timeout_at(head_deadline, transport.send(request)).await;
+            let (parts, body) = match response {
+                Err(_) => return Err(timeout(&backend, head_phase)),
+                Ok(Err(e)) => return Err(e.into_error(&backend)),
+                Ok(Ok(response)) => response.into_parts(),
+            };
             let content_type = parts.headers.get(CONTENT_TYPE).cloned();
 
             if !parts.status.is_success() {
@@ -327,8 +354,7 @@ impl Backend for OpenAiBackend {
                 failure: None,
                 done: false,
                 finished: false,
-                idle_timeout: idle,
-                idle: Box::pin(tokio::time::sleep(idle)),
+                idle: IdleTimer::new(idle),
                 total: Box::pin(tokio::time::sleep_until(total_deadline)),
             });
             Ok(stream)
@@ -347,6 +373,77 @@ impl Backend for OpenAiBackend {
                 Err(_) => Readiness::NotReady("upstream unreachable (connect timed out)".into()),
             }
         })
+    }
+}
+
+// === impl Transport ===
+
+/// A failure before the response head, from either transport.
+enum SendFailure {
+    Shared(hyper_util::client::legacy::Error),
+    Driven(SendError),
+}
+
+impl Transport {
+    async fn send(
+        self,
+        request: Request<Full<Bytes>>,
+    ) -> std::result::Result<Response<UpstreamBody>, SendFailure> {
+        match self {
+            Transport::Shared(client) => client
+                .request(request)
+                .await
+                .map(|r| r.map(UpstreamBody::Shared))
+                .map_err(SendFailure::Shared),
+            Transport::Driven(pool) => pool
+                .send(request)
+                .await
+                .map(|r| r.map(UpstreamBody::Driven))
+                .map_err(SendFailure::Driven),
+        }
+    }
+}
+
+impl SendFailure {
+    fn into_error(self, backend: &str) -> Error {
+        match self {
+            SendFailure::Shared(e) => request_error(backend, &e, e.is_connect()),
+            SendFailure::Driven(e) => {
+                let connect = matches!(e, SendError::Connect(_));
+                request_error(backend, &e, connect)
+            }
+        }
+    }
+}
+
+// === impl UpstreamBody ===
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Shared(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Driven(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Shared(b) => b.is_end_stream(),
+            UpstreamBody::Driven(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Shared(b) => b.size_hint(),
+            UpstreamBody::Driven(b) => b.size_hint(),
+        }
     }
 }
 
@@ -480,8 +577,7 @@ impl Stream for SseEvents {
             match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        let next = Instant::now() + this.idle_timeout;
-                        this.idle.as_mut().reset(next);
+                        this.idle.touch();
                         this.on_bytes(&data);
                     }
                 }
@@ -491,7 +587,7 @@ impl Stream for SseEvents {
                 }
                 Poll::Ready(None) => this.on_eof(),
                 Poll::Pending => {
-                    if this.idle.as_mut().poll(cx).is_ready() {
+                    if this.idle.poll_idle(cx).is_ready() {
                         this.fail(timeout(&this.backend, TimeoutPhase::Idle));
                         continue;
                     }
@@ -650,10 +746,10 @@ fn has_io_kind(e: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) 
     false
 }
 
-/// Maps a failure before the response headers.
-fn request_error(backend: &str, e: &hyper_util::client::legacy::Error) -> Error {
+/// Maps a failure before the response headers; `connect` when no connection could be opened.
+fn request_error(backend: &str, e: &(dyn std::error::Error + 'static), connect: bool) -> Error {
     tracing::debug!(backend, error = %chain(e), "upstream request failed");
-    if e.is_connect() {
+    if connect {
         if has_io_kind(e, std::io::ErrorKind::TimedOut) {
             return timeout(backend, TimeoutPhase::Connect);
         }
@@ -700,7 +796,7 @@ async fn status_error(
     backend: &str,
     status: StatusCode,
     content_type: Option<HeaderValue>,
-    body: Incoming,
+    body: UpstreamBody,
     idle: Duration,
     total_deadline: Instant,
 ) -> Error {
@@ -734,7 +830,7 @@ async fn status_error(
 
 /// Reads a whole body of at most `limit` bytes, with the idle gap applying between frames.
 async fn read_body(
-    mut body: Incoming,
+    mut body: UpstreamBody,
     limit: usize,
     idle: Duration,
     total_deadline: Instant,

@@ -26,6 +26,7 @@ use crate::auth::Caller;
 use crate::backends::EventStream;
 use crate::error::Error;
 use crate::guardrails::{Ctx, GuardrailsHandle};
+use crate::idle_timer::IdleTimer;
 use crate::layers::request_id::RequestId;
 use crate::limits::estimate_prompt_tokens;
 use crate::state::{AppState, Route};
@@ -283,6 +284,7 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
         let mut record = record;
         let stop = shutdown.hard_stopped();
         tokio::pin!(stop);
+        let mut quiet = IdleTimer::new(keep_alive);
         let mut usage = None;
         loop {
             let waited = Instant::now();
@@ -295,12 +297,13 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
                     break;
                 }
                 ev = events.next() => ev,
-                _ = tokio::time::sleep(keep_alive) => {
+                _ = quiet.idle() => {
                     record.backend_wait += waited.elapsed();
                     yield Bytes::from_static(KEEP_ALIVE);
                     continue;
                 }
             };
+            quiet.touch();
             record.backend_wait += waited.elapsed();
             match next {
                 Some(Ok(BackendEvent::Delta(d))) => {
