@@ -110,12 +110,6 @@ enum ConfigCommand {
     },
 }
 
-/// mimalloc instead of glibc's malloc: allocation and free were a tenth of the gateway's CPU under
-/// the overhead scenario, and its size-segregated pages leave the untouched tail of a large
-/// buffer (hyper's 8 KiB connection buffers) unmapped. Figures in docs/BENCHMARKS.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs {

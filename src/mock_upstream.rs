@@ -390,7 +390,11 @@ async fn accept_loop(
                 let shared = shared.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |req| handle(shared.clone(), req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    // h2c clients (a gateway in front) multiplex every stream on one connection:
+                    // no cap on concurrent streams, so load tests can hold thousands open.
+                    builder.http2().max_concurrent_streams(None);
+                    let _ = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });

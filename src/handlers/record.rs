@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::Histogram;
+
 use crate::api::types::{ChoiceDelta, Usage};
 use crate::error::Error;
 use crate::limits::Admission;
@@ -56,6 +58,9 @@ pub struct RequestRecord {
     pub backend_wait: Duration,
     pub ttft: Option<Duration>,
     last_token: Option<Instant>,
+    /// The inter-token histogram of this model and backend, looked up at the second token
+    /// instead of at every token.
+    inter_token: Option<Histogram>,
     pub usage: Option<Usage>,
     error_code: Option<String>,
     /// The key's name (never the key).
@@ -87,6 +92,7 @@ impl RequestRecord {
             backend_wait: Duration::ZERO,
             ttft: None,
             last_token: None,
+            inter_token: None,
             usage: None,
             error_code: None,
             key: None,
@@ -140,11 +146,12 @@ impl RequestRecord {
         self.content_events += 1;
         match self.last_token {
             None => self.ttft = Some(now - self.start),
-            Some(prev) => self
-                .metrics
-                .inter_token_latency
-                .with_label_values(&[&self.model, &self.backend])
-                .observe((now - prev).as_secs_f64()),
+            Some(prev) => {
+                let (metrics, labels) = (&self.metrics, [&self.model, &self.backend]);
+                self.inter_token
+                    .get_or_insert_with(|| metrics.inter_token_latency.with_label_values(&labels))
+                    .observe((now - prev).as_secs_f64())
+            }
         }
         self.last_token = Some(now);
     }
