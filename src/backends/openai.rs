@@ -52,6 +52,8 @@ use crate::config::OpenAiConfig;
 use crate::error::{Error, Result, TimeoutPhase};
 use crate::idle_timer::IdleTimer;
 
+/// Upstream correlation, built at compile time rather than parsed per request.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 /// The most of an upstream error body kept for the client; the rest is dropped.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The largest non-streaming completion accepted from an upstream that ignored `stream: true`.
@@ -265,7 +267,7 @@ impl OpenAiBackend {
             builder = builder.header(AUTHORIZATION, auth.clone());
         }
         if let Ok(id) = HeaderValue::from_str(&request_id) {
-            builder = builder.header("x-request-id", id);
+            builder = builder.header(X_REQUEST_ID, id);
         }
         builder
             .body(Full::new(Bytes::from(body)))

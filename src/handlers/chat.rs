@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited, StreamBody};
 
@@ -30,6 +30,12 @@ use crate::idle_timer::IdleTimer;
 use crate::layers::request_id::RequestId;
 use crate::limits::estimate_prompt_tokens;
 use crate::state::{AppState, Route};
+
+// Response header names, built at compile time rather than parsed at every insert.
+const POLICY_VERSION: HeaderName = HeaderName::from_static("x-sluice-policy-version");
+const TARGET: HeaderName = HeaderName::from_static("x-sluice-target");
+const MODEL_VERSION: HeaderName = HeaderName::from_static("x-sluice-model-version");
+const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// A request that passed every check and has a backend stream open.
 struct Accepted {
@@ -66,7 +72,7 @@ where
         Ok(accepted) => collect(state, accepted, record).await,
     };
     if let Some(v) = policy.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        resp.headers_mut().insert("x-sluice-policy-version", v);
+        resp.headers_mut().insert(POLICY_VERSION, v);
     }
     resp
 }
@@ -151,10 +157,11 @@ where
         return Err(Error::ShuttingDown);
     }
     let prompt_tokens = prompt_tokens(state, &caller, &route, &request).await;
-    let admission = state
+    let mut admission = state
         .limits
         .admit(caller.name(), &route.model.name, prompt_tokens)?;
-    let rate_headers = admission.headers.clone();
+    // Moved, not cloned: a clone allocates a copy of every header value.
+    let rate_headers = std::mem::take(&mut admission.headers);
     record.admission = Some(admission);
 
     let waited = Instant::now();
@@ -174,7 +181,7 @@ where
     record.backend = opened.backend.clone();
     let mut rate_headers = rate_headers;
     if let Ok(v) = HeaderValue::from_str(opened.target.name()) {
-        rate_headers.insert("x-sluice-target", v);
+        rate_headers.insert(TARGET, v);
     }
     if let Some(v) = opened
         .target
@@ -182,7 +189,7 @@ where
         .as_deref()
         .and_then(|v| HeaderValue::from_str(v).ok())
     {
-        rate_headers.insert("x-sluice-model-version", v);
+        rate_headers.insert(MODEL_VERSION, v);
     }
     let filter = OutputFilter::new(
         state
@@ -355,7 +362,7 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(ACCEL_BUFFERING, HeaderValue::from_static("no"));
     h.extend(rate_headers);
     resp
 }

@@ -16,7 +16,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus::IntCounterVec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -157,11 +157,21 @@ fn format_reset(d: Duration) -> String {
     }
 }
 
-fn put(h: &mut HeaderMap, name: &'static str, value: String) {
+fn put(h: &mut HeaderMap, name: HeaderName, value: String) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         h.insert(name, v);
     }
 }
+
+// Built at compile time: a name made from a `&str` at each insert is parsed (and, for these
+// non-standard names, allocated) on every request.
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
 /// Keeps, for each kind, the grant with the least remaining.
 #[derive(Default)]
@@ -180,22 +190,14 @@ impl Tightest {
     fn headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
         if let Some(g) = self.requests {
-            put(&mut h, "x-ratelimit-limit-requests", g.limit.to_string());
-            put(
-                &mut h,
-                "x-ratelimit-remaining-requests",
-                g.remaining.to_string(),
-            );
-            put(&mut h, "x-ratelimit-reset-requests", format_reset(g.reset));
+            put(&mut h, LIMIT_REQUESTS, g.limit.to_string());
+            put(&mut h, REMAINING_REQUESTS, g.remaining.to_string());
+            put(&mut h, RESET_REQUESTS, format_reset(g.reset));
         }
         if let Some(g) = self.tokens {
-            put(&mut h, "x-ratelimit-limit-tokens", g.limit.to_string());
-            put(
-                &mut h,
-                "x-ratelimit-remaining-tokens",
-                g.remaining.to_string(),
-            );
-            put(&mut h, "x-ratelimit-reset-tokens", format_reset(g.reset));
+            put(&mut h, LIMIT_TOKENS, g.limit.to_string());
+            put(&mut h, REMAINING_TOKENS, g.remaining.to_string());
+            put(&mut h, RESET_TOKENS, format_reset(g.reset));
         }
         h
     }
@@ -358,13 +360,13 @@ impl RateLimits {
         let mut headers = tight.headers();
         put(
             &mut headers,
-            "retry-after",
+            http::header::RETRY_AFTER,
             retry_after.as_secs_f64().ceil().max(1.0).to_string(),
         );
         // Clients that read it (the OpenAI SDKs do) retry at the exact moment instead of rounding up.
         put(
             &mut headers,
-            "retry-after-ms",
+            RETRY_AFTER_MS,
             retry_after.as_millis().max(1).to_string(),
         );
         Error::RateLimited {
