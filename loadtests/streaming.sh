@@ -7,6 +7,9 @@
 # The mock upstream answers 200 tokens, 20 ms apart (and 20 ms before the first). STREAMS (1000)
 # concurrent streams, each connection asking for ROUNDS (2) answers in a row, are measured
 # directly, through nginx, and through Sluice with keys and rate limits on.
+#
+# Environment: STREAMS, ROUNDS, SLUICE_BEFORE and SLUICE_BEFORE_REPO (a second sluice binary and
+# its checkout, measured as `sluice-before`, as in overhead.sh).
 source "$(dirname "$0")/lib.sh"
 
 STREAMS="${STREAMS:-1000}"
@@ -23,10 +26,18 @@ start_nginx "$NGINX_PORT" "$MOCK_PORT"
 ON_PORT="$(free_port)"
 sluice_config "$WORK/on.toml" "$ON_PORT" "$MOCK_PORT" on
 start_sluice "$WORK/on.toml" "$ON_PORT"
+TARGETS=("direct $MOCK_PORT -" "nginx $NGINX_PORT -" "sluice-on $ON_PORT $BENCH_KEY")
+if [[ -n "${SLUICE_BEFORE:-}" ]]; then
+    BEFORE_PORT="$(free_port)"
+    sluice_config "$WORK/before.toml" "$BEFORE_PORT" "$MOCK_PORT" on
+    SLUICE_REPO="${SLUICE_BEFORE_REPO:-$SLUICE_REPO}" \
+        start_sluice "$WORK/before.toml" "$BEFORE_PORT" "$SLUICE_BEFORE"
+    TARGETS+=("sluice-before $BEFORE_PORT $BENCH_KEY")
+fi
 
 RESULTS="$WORK/streaming.jsonl"
 machine >&2
-for t in "direct $MOCK_PORT -" "nginx $NGINX_PORT -" "sluice-on $ON_PORT $BENCH_KEY"; do
+for t in "${TARGETS[@]}"; do
     read -r label port key <<<"$t"
     KEY_ARGS=()
     [[ "$key" != - ]] && KEY_ARGS=(--key "$key")

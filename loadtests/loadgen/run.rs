@@ -132,6 +132,40 @@ fn tokens_in(data: &[u8]) -> usize {
     n
 }
 
+/// Counts tokens in whole SSE events. A read can end inside an event (a gateway that writes a
+/// burst of events at once, split by TCP), so the unfinished tail waits for the next read, and
+/// its token counts when its event is complete: when the client could use it.
+#[derive(Default)]
+struct EventTokens {
+    tail: Vec<u8>,
+}
+
+impl EventTokens {
+    fn feed(&mut self, data: &[u8]) -> usize {
+        let whole = |bytes: &[u8]| {
+            bytes
+                .windows(2)
+                .rposition(|w| w == b"\n\n")
+                .map(|at| at + 2)
+        };
+        if self.tail.is_empty() {
+            let Some(end) = whole(data) else {
+                self.tail.extend_from_slice(data);
+                return 0;
+            };
+            self.tail.extend_from_slice(&data[end..]);
+            return tokens_in(&data[..end]);
+        }
+        self.tail.extend_from_slice(data);
+        let Some(end) = whole(&self.tail) else {
+            return 0;
+        };
+        let n = tokens_in(&self.tail[..end]);
+        self.tail.drain(..end);
+        n
+    }
+}
+
 /// Runs the load and prints the result line.
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -362,6 +396,7 @@ async fn exchange(
     let mut body = resp.into_body();
     let mut permit = permit;
     let mut last_token: Option<Instant> = None;
+    let mut events = EventTokens::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| e.to_string())?;
         let Some(data) = frame.data_ref() else {
@@ -373,7 +408,7 @@ async fn exchange(
                 eprintln!("READY {n}");
             }
         }
-        let tokens = if plan.stream { tokens_in(data) } else { 0 };
+        let tokens = if plan.stream { events.feed(data) } else { 0 };
         if tokens == 0 {
             continue;
         }
@@ -411,5 +446,19 @@ mod tests {
         let two =
             b"data: {\"delta\":{\"content\":\"a\"}}\n\ndata: {\"delta\":{\"content\":\"b\"}}\n\n";
         assert_eq!(tokens_in(two), 2);
+    }
+
+    #[test]
+    fn a_token_split_across_reads_counts_once_its_event_is_whole() {
+        let stream: &[u8] =
+            b"data: {\"delta\":{\"content\":\"a\"}}\n\ndata: {\"delta\":{\"content\":\"b\"}}\n\n";
+        for cut in 1..stream.len() {
+            let mut events = EventTokens::default();
+            let first = events.feed(&stream[..cut]);
+            let second = events.feed(&stream[cut..]);
+            assert_eq!(first + second, 2, "cut at {cut}");
+            let first_event_end = stream.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+            assert_eq!(first, usize::from(cut >= first_event_end), "cut at {cut}");
+        }
     }
 }
