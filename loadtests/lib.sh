@@ -95,6 +95,20 @@ start_sluice() {
     wait_port "$port"
 }
 
+# start_before UPSTREAM_PORT: when SLUICE_BEFORE names an older sluice binary, starts it with the
+# "on" config in front of the upstream and adds `sluice-before PORT KEY` to TARGETS, so one run
+# measures before and after side by side. An older binary may not pass the newer policy's own
+# tests, so it serves SLUICE_BEFORE_REPO's policy (this checkout's when unset).
+start_before() {
+    [[ -n "${SLUICE_BEFORE:-}" ]] || return 0
+    local port
+    port="$(free_port)"
+    sluice_config "$WORK/before.toml" "$port" "$1" on
+    SLUICE_REPO="${SLUICE_BEFORE_REPO:-$SLUICE_REPO}" \
+        start_sluice "$WORK/before.toml" "$port" "$SLUICE_BEFORE"
+    TARGETS+=("sluice-before $port $BENCH_KEY")
+}
+
 # stop PID: stops one process this scenario started.
 stop() {
     kill "$1" 2>/dev/null || true

@@ -40,14 +40,7 @@ start_sluice "$WORK/off.toml" "$OFF_PORT"
 
 # label port key
 TARGETS=("direct $MOCK_PORT -" "nginx $NGINX_PORT -" "sluice-on $ON_PORT $BENCH_KEY" "sluice-off $OFF_PORT -")
-if [[ -n "${SLUICE_BEFORE:-}" ]]; then
-    BEFORE_PORT="$(free_port)"
-    sluice_config "$WORK/before.toml" "$BEFORE_PORT" "$MOCK_PORT" on
-    # An older binary may not pass the newer policy's own tests: it serves its own policy.
-    SLUICE_REPO="${SLUICE_BEFORE_REPO:-$SLUICE_REPO}" \
-        start_sluice "$WORK/before.toml" "$BEFORE_PORT" "$SLUICE_BEFORE"
-    TARGETS+=("sluice-before $BEFORE_PORT $BENCH_KEY")
-fi
+start_before "$MOCK_PORT"
 
 STREAM_FLAG=()
 [[ "$STREAM" == 1 ]] && STREAM_FLAG=(--stream)

@@ -27,13 +27,7 @@ ON_PORT="$(free_port)"
 sluice_config "$WORK/on.toml" "$ON_PORT" "$MOCK_PORT" on
 start_sluice "$WORK/on.toml" "$ON_PORT"
 TARGETS=("direct $MOCK_PORT -" "nginx $NGINX_PORT -" "sluice-on $ON_PORT $BENCH_KEY")
-if [[ -n "${SLUICE_BEFORE:-}" ]]; then
-    BEFORE_PORT="$(free_port)"
-    sluice_config "$WORK/before.toml" "$BEFORE_PORT" "$MOCK_PORT" on
-    SLUICE_REPO="${SLUICE_BEFORE_REPO:-$SLUICE_REPO}" \
-        start_sluice "$WORK/before.toml" "$BEFORE_PORT" "$SLUICE_BEFORE"
-    TARGETS+=("sluice-before $BEFORE_PORT $BENCH_KEY")
-fi
+start_before "$MOCK_PORT"
 
 RESULTS="$WORK/streaming.jsonl"
 machine >&2
