@@ -17,8 +17,8 @@
 //!
 //! An idle connection in the pool is polled by nobody, so an upstream that closes it is noticed
 //! at checkout: the connection is polled once there, and one that has ended is dropped. A request
-//! that a reused connection could not send (the upstream closed it in the meantime) is retried on
-//! a fresh one; a request that was sent is never retried here, as with hyper's client. Idle
+//! that a reused connection could not send (the upstream closed it in the meantime) goes out on
+//! another connection; a request that was sent is never retried here, as with hyper's client. Idle
 //! connections older than the idle timeout are dropped at checkout.
 //!
 //! Used for plain-HTTP upstreams that speak HTTP/1.1 (in-cluster inference servers); TLS and
@@ -173,13 +173,11 @@ impl Http1Pool {
             };
             let sent = conn.send.try_send_request(req);
             match drive_until_head(&mut conn, sent).await {
-                Ok(resp) => {
+                Ok((resp, ended)) => {
                     let pool = self.inner.clone();
-                    return Ok(resp.map(|body| DrivenBody {
-                        body,
-                        conn: Some(conn),
-                        pool,
-                    }));
+                    // A connection that already ended is never polled again.
+                    let conn = (!ended).then_some(conn);
+                    return Ok(resp.map(|body| DrivenBody { body, conn, pool }));
                 }
                 Err(Unsent::Back(back)) if reused => {
                     tracing::debug!("pooled upstream connection was closed; retrying on a new one");
@@ -199,8 +197,9 @@ enum Unsent {
     Failed(SendError),
 }
 
-/// Polls the connection and the pending response together until the head arrives.
-async fn drive_until_head<F>(conn: &mut Conn, sent: F) -> Result<Response<Incoming>, Unsent>
+/// Polls the connection and the pending response together until the head arrives; also tells
+/// whether the connection ended in the same poll (a bodiless answer before a close).
+async fn drive_until_head<F>(conn: &mut Conn, sent: F) -> Result<(Response<Incoming>, bool), Unsent>
 where
     F: Future<
         Output = Result<
@@ -213,9 +212,12 @@ where
     std::future::poll_fn(|cx| {
         let io = Pin::new(&mut conn.io).poll(cx);
         if let Poll::Ready(result) = sent.as_mut().poll(cx) {
-            return Poll::Ready(result.map_err(|mut e| match e.take_message() {
-                Some(req) => Unsent::Back(Box::new(req)),
-                None => Unsent::Failed(SendError::Http(e.into_error())),
+            let ended = io.is_ready();
+            return Poll::Ready(result.map(|resp| (resp, ended)).map_err(|mut e| {
+                match e.take_message() {
+                    Some(req) => Unsent::Back(Box::new(req)),
+                    None => Unsent::Failed(SendError::Http(e.into_error())),
+                }
             }));
         }
         match io {
