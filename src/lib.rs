@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod guardrails;
 pub mod handlers;
+pub mod heap;
 pub mod idle_timer;
 pub mod layers;
 pub mod limits;

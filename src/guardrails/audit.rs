@@ -10,11 +10,12 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::{channel, Receiver, Sender};
 
 /// One decision.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -33,10 +34,14 @@ pub struct AuditRecord {
     pub excerpt: String,
 }
 
+/// At most this many records wait for the writer. The channel allocates its slots in small blocks
+/// as records arrive, so an idle gateway holds none of them.
+const QUEUE: usize = 8192;
+
 /// A handle to the writer thread; cheap to clone.
 #[derive(Clone)]
 pub struct DecisionLog {
-    tx: SyncSender<AuditRecord>,
+    tx: Sender<AuditRecord>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -63,7 +68,7 @@ impl DecisionLog {
 
     /// Writes to any writer (tests, stdout).
     pub fn to_writer(w: Box<dyn Write + Send>) -> DecisionLog {
-        let (tx, rx) = sync_channel(8192);
+        let (tx, rx) = channel(QUEUE);
         std::thread::Builder::new()
             .name("sluice-audit".into())
             .spawn(move || write_loop(rx, std::io::BufWriter::new(w)))
@@ -78,11 +83,11 @@ impl DecisionLog {
     /// Sends records to the gateway's audit trail ([`crate::audit::AuditLog`]) as
     /// `"event":"guardrail"` lines, from a thread of its own.
     pub fn forward(log: Arc<crate::audit::AuditLog>) -> DecisionLog {
-        let (tx, rx) = sync_channel::<AuditRecord>(8192);
+        let (tx, mut rx) = channel::<AuditRecord>(QUEUE);
         std::thread::Builder::new()
             .name("sluice-guardrail-audit".into())
             .spawn(move || {
-                while let Ok(r) = rx.recv() {
+                while let Some(r) = rx.blocking_recv() {
                     if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&r) {
                         log.record("guardrail", fields);
                     }
@@ -102,7 +107,7 @@ impl DecisionLog {
     pub fn record(&self, r: AuditRecord) {
         match self.tx.try_send(r) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -114,8 +119,8 @@ impl DecisionLog {
     }
 }
 
-fn write_loop(rx: Receiver<AuditRecord>, mut w: impl Write) {
-    while let Ok(first) = rx.recv() {
+fn write_loop(mut rx: Receiver<AuditRecord>, mut w: impl Write) {
+    while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         while let Some(r) = next {
             if let Ok(line) = serde_json::to_vec(&r) {

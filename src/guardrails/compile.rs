@@ -103,7 +103,9 @@ pub struct Rule {
     pub file: String,
 }
 
-/// A compiled policy: its rules and one engine per direction.
+/// A compiled policy: its rules and one engine per direction. A clone shares the compiled automata
+/// but none of their search caches.
+#[derive(Clone)]
 pub struct Policy {
     pub rules: Vec<Rule>,
     pub(crate) input: Engine,

@@ -1,9 +1,9 @@
 //! The one-pass matcher and its incremental form.
 //!
-//! All of a direction's probes are compiled together: one `RegexSet` tells in a single pass which
-//! patterns occur at all (on clean text: none, and the scan ends there), one Aho-Corasick automaton
-//! finds every keyword of every rule, and only the patterns the set reported are run again to
-//! locate their matches and validate them.
+//! All of a direction's probes are compiled together: one automaton ([`super::occurs`]) tells in a
+//! single pass which patterns occur at all (on clean text: none, and the scan ends there), one
+//! Aho-Corasick automaton finds every keyword of every rule, and only the patterns that occur are
+//! run again to locate their matches and validate them.
 //!
 //! The same code serves a whole text and a stream. [`Engine::advance`] is given the text seen so
 //! far and reports only the matches that no further text can change; everything before the
@@ -12,14 +12,17 @@
 //! looks at have arrived. A whole text is simply a stream that has finished, so both paths find
 //! exactly the same matches.
 
+use std::sync::Arc;
+
 use aho_corasick::automaton::{Automaton, OverlappingState};
 use aho_corasick::{dfa::DFA, Anchored, Input as AcInput, MatchKind, StartKind};
-use regex::{Regex, RegexSet, RegexSetBuilder};
-use regex_automata::meta;
-use regex_automata::Input;
-use regex_syntax::hir::{Hir, Look};
 
+use regex::Regex;
+use regex_syntax::hir::Hir;
+
+use super::occurs::Occurs;
 use super::probe::{Candidate, ProbeSpec, CONTEXT_BEFORE};
+use super::viable::Viable;
 
 /// Bounded repetitions (`{1,80}`) compile to one NFA state per repetition, so a policy of bounded
 /// patterns needs more room than the `regex` defaults give.
@@ -28,6 +31,7 @@ const NFA_SIZE_LIMIT: usize = 256 << 20;
 const DFA_CACHE: usize = 16 << 20;
 
 /// A compiled probe of one rule.
+#[derive(Clone)]
 pub(crate) struct Probe {
     pub rule: usize,
     pub spec: ProbeSpec,
@@ -75,13 +79,14 @@ pub(crate) struct ScanState {
     kw_done: usize,
 }
 
-/// A direction's probes, compiled.
+/// A direction's probes, compiled. A clone shares every automaton but none of the search caches.
+#[derive(Clone)]
 pub(crate) struct Engine {
     pub probes: Vec<Probe>,
-    set: Option<RegexSet>,
+    set: Option<Occurs>,
     /// The prefix closures of every probe, ending at the end of the text.
-    viable: Option<meta::Regex>,
-    keywords: Option<Keywords>,
+    viable: Option<Viable>,
+    keywords: Option<Arc<Keywords>>,
     /// Bytes of already released text kept for look-behind and context words.
     pub lookbehind: usize,
 }
@@ -100,13 +105,8 @@ impl Engine {
         let set = if probes.is_empty() {
             None
         } else {
-            Some(
-                RegexSetBuilder::new(probes.iter().map(|p| p.spec.pattern.as_str()))
-                    .size_limit(NFA_SIZE_LIMIT)
-                    .dfa_size_limit(DFA_CACHE)
-                    .build()
-                    .map_err(|e| e.to_string())?,
-            )
+            let patterns: Vec<&str> = probes.iter().map(|p| p.spec.pattern.as_str()).collect();
+            Some(Occurs::new(&patterns, NFA_SIZE_LIMIT, DFA_CACHE)?)
         };
         let mut prefixes: Vec<Hir> = hirs.iter().map(super::prefix::closure).collect();
         for k in &keywords {
@@ -119,17 +119,7 @@ impl Engine {
         let viable = if prefixes.is_empty() {
             None
         } else {
-            let hir = Hir::concat(vec![Hir::alternation(prefixes), Hir::look(Look::End)]);
-            Some(
-                meta::Regex::builder()
-                    .configure(
-                        meta::Config::new()
-                            .nfa_size_limit(Some(NFA_SIZE_LIMIT))
-                            .hybrid_cache_capacity(DFA_CACHE),
-                    )
-                    .build_from_hir(&hir)
-                    .map_err(|e| e.to_string())?,
-            )
+            Some(Viable::new(prefixes, NFA_SIZE_LIMIT, DFA_CACHE)?)
         };
         let keywords = if keywords.is_empty() {
             None
@@ -141,11 +131,11 @@ impl Engine {
                 .build(keywords.iter().map(|k| k.text.as_bytes()))
                 .map_err(|e| e.to_string())?;
             let max_len = keywords.iter().map(|k| k.text.len()).max().unwrap_or(0);
-            Some(Keywords {
+            Some(Arc::new(Keywords {
                 dfa,
                 entries: keywords,
                 max_len,
-            })
+            }))
         };
         let after = probes.iter().map(|p| p.spec.after).max().unwrap_or(0);
         Ok(Engine {
@@ -209,10 +199,7 @@ impl Engine {
             }
             let v = match &self.viable {
                 None => n,
-                Some(re) => {
-                    let input = Input::new(hay).range(from - base..);
-                    re.search(&input).map_or(n, |m| m.start() + base)
-                }
+                Some(viable) => viable.earliest(hay, from - base) + base,
             };
             memo.push((from, v));
             v

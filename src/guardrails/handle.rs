@@ -129,6 +129,8 @@ impl GuardrailsHandle {
                 format!("{} rule test(s) fail; first:\n{first}", failures.len()),
             ));
         }
+        // What compiling and testing it allocated is free now.
+        crate::heap::release_free();
         Ok(Self::build(policy, Some(dir.to_path_buf()), metrics, audit))
     }
 

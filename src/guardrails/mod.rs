@@ -38,6 +38,7 @@ pub(crate) mod engine;
 pub mod handle;
 pub mod injection;
 pub mod metrics;
+pub(crate) mod occurs;
 pub mod pii;
 pub mod policy;
 pub mod prefix;
@@ -46,6 +47,7 @@ pub mod reload;
 pub mod scan;
 pub mod secrets;
 pub mod tools;
+pub(crate) mod viable;
 
 pub use audit::DecisionLog;
 pub use compile::{Kind, Mode, Policy, Rule};

@@ -51,6 +51,8 @@ impl GuardrailsHandle {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let result = self.try_reload(dir);
+        // A refused policy, the test copies and the compile's scratch are all free now.
+        crate::heap::release_free();
         if let Some(m) = &self.inner.metrics {
             let label = match &result {
                 Ok(Reloaded::Unchanged(_)) => "unchanged",

@@ -106,6 +106,10 @@ fn expect_str(e: Expect) -> &'static str {
 
 /// Runs every rule's test cases.
 pub fn run_tests(policy: &Arc<Policy>) -> Vec<TestFailure> {
+    // On a copy: the search caches the cases fill (megabytes for a policy of bounded patterns)
+    // are freed with it, instead of staying with the thread that loaded the policy, which does
+    // not scan again.
+    let policy = &Arc::new(Policy::clone(policy));
     let mut failures = Vec::new();
     for (idx, rule) in policy.rules.iter().enumerate() {
         for (case_no, case) in rule.tests.iter().enumerate() {
