@@ -22,6 +22,7 @@ pub mod mock_upstream;
 pub mod routing;
 pub mod server;
 pub mod shutdown;
+pub mod sniff;
 pub mod stack;
 pub mod state;
 pub mod telemetry;

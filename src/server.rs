@@ -1,7 +1,7 @@
 //! Sockets: the accept loops, the connection cap, and graceful shutdown.
 //!
-//! Each accepted connection is served by hyper's auto builder (HTTP/1.1 with keep-alive, and h2c
-//! by prior knowledge when enabled). A semaphore caps open connections: when it is exhausted the
+//! Each accepted connection is sniffed for the h2c preface ([`crate::sniff`]) and served by hyper:
+//! HTTP/1.1 with keep-alive, or h2c by prior knowledge when enabled. A semaphore caps open connections: when it is exhausted the
 //! loop stops accepting and further clients wait in the kernel's backlog rather than being served
 //! badly. On shutdown the listeners close first, in-flight requests run on for the grace period,
 //! then every stream still open is ended with an SSE error event and the connections close.
@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -22,7 +22,8 @@ use tokio::sync::Semaphore;
 use crate::backends::Backends;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, ShutdownSignal};
+use crate::sniff::{sniff, Protocol};
 use crate::stack;
 use crate::state::AppState;
 
@@ -93,18 +94,20 @@ impl Gateway {
             shutdown,
         } = self;
         let server = state.server.clone();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout)
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
-        let builder = if server.http2 {
-            builder
-        } else {
-            builder.http1_only()
-        };
+        let h2 = server.http2.then(|| {
+            let mut h2 = http2::Builder::new(TokioExecutor::new());
+            h2.timer(TokioTimer::new());
+            h2
+        });
+        let builder = Arc::new(Protocols {
+            h1,
+            h2,
+            sniff_timeout: server.header_read_timeout,
+        });
         let graceful = GracefulShutdown::new();
         let cap = Arc::new(Semaphore::new(server.max_connections));
 
@@ -113,6 +116,7 @@ impl Gateway {
             TowerToHyperService::new(stack::api(state.clone())),
             &builder,
             &graceful,
+            &state.shutdown,
             cap.clone(),
         );
         let admin_loop = async {
@@ -123,6 +127,7 @@ impl Gateway {
                         TowerToHyperService::new(stack::admin(state.clone())),
                         &builder,
                         &graceful,
+                        &state.shutdown,
                         cap.clone(),
                     )
                     .await
@@ -167,11 +172,21 @@ impl Gateway {
 }
 
 /// Accepts connections until the future is dropped.
+/// How connections are served once their protocol is known.
+struct Protocols {
+    h1: http1::Builder,
+    /// `None` when h2c is off: a preface is then answered as a malformed HTTP/1.1 request.
+    h2: Option<http2::Builder<TokioExecutor>>,
+    /// How long a new connection has to send its first bytes.
+    sniff_timeout: Duration,
+}
+
 async fn accept_loop<S>(
     listener: TcpListener,
     service: S,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &Arc<Protocols>,
     graceful: &GracefulShutdown,
+    signal: &ShutdownSignal,
     cap: Arc<Semaphore>,
 ) where
     S: hyper::service::Service<
@@ -197,12 +212,37 @@ async fn accept_loop<S>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = Arc::clone(builder);
+        let service = service.clone();
+        let signal = signal.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let sniffed = tokio::select! {
+                s = tokio::time::timeout(builder.sniff_timeout, sniff(stream)) => s,
+                // Nothing was asked on it yet, so closing it loses nothing.
+                () = signal.drained() => return,
+            };
+            let result = match sniffed {
+                Err(_) => {
+                    tracing::debug!(%peer, "connection sent nothing in time");
+                    Ok(())
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "connection ended before its first request");
+                    Ok(())
+                }
+                Ok(Ok((protocol, io))) => match (protocol, &builder.h2) {
+                    (Protocol::Http2, Some(h2)) => {
+                        let conn = h2.serve_connection(TokioIo::new(io), service);
+                        watcher.watch(conn).await
+                    }
+                    _ => {
+                        let conn = builder.h1.serve_connection(TokioIo::new(io), service);
+                        watcher.watch(conn).await
+                    }
+                },
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);

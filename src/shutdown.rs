@@ -60,6 +60,12 @@ impl ShutdownSignal {
         *self.draining.borrow()
     }
 
+    /// Resolves when draining begins (or the server is gone).
+    pub async fn drained(&self) {
+        let mut rx = self.draining.clone();
+        let _ = rx.wait_for(|draining| *draining).await;
+    }
+
     /// Resolves when the hard stop is given (or the server is gone).
     pub async fn hard_stopped(&self) {
         let mut rx = self.hard_stop.clone();

@@ -436,6 +436,33 @@ async fn shutdown_lets_streams_finish_within_grace() {
 }
 
 #[tokio::test]
+async fn shutdown_closes_connections_that_never_sent_a_request() {
+    use tokio::io::AsyncReadExt;
+    let backend = ScriptedBackend::new("b", vec![]);
+    // A grace period far longer than the guard below: only closing the silent connection lets
+    // the server finish in time.
+    let mut gw =
+        TestGateway::start(&scripted_config("shutdown_grace = \"600s\""), vec![backend]).await;
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // A served request first, so the silent connection is surely accepted before the drain.
+    assert_eq!(send("GET", &gw.url("/healthz"), &[], "").await.status, 200);
+    gw.shutdown();
+    let done = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        gw.handle.take().unwrap(),
+    )
+    .await
+    .expect("the server waited on a connection that never asked for anything");
+    done.unwrap().unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        silent.read(&mut buf).await.unwrap(),
+        0,
+        "closed without a response"
+    );
+}
+
+#[tokio::test]
 async fn shutdown_after_grace_ends_streams_with_an_error_event() {
     let backend =
         ScriptedBackend::new("b", vec![Script::Open(vec![role(), text("a"), Step::Hang])]);
