@@ -351,8 +351,11 @@ impl Backend for OpenAiBackend {
                 backend,
                 body: Some(body),
                 parser: SseParser::new(max_event_bytes),
-                parsed: Vec::new(),
-                pending: VecDeque::new(),
+                // Room for one: a stream that trickles (or idles) parses one event per read, and
+                // the default first growth (four) would hold ~0.7 KB per open stream for nothing.
+                // A burst grows them once.
+                parsed: Vec::with_capacity(1),
+                pending: VecDeque::with_capacity(1),
                 failure: None,
                 done: false,
                 finished: false,

@@ -277,11 +277,15 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
         rate_headers,
         mut filter,
     } = accepted;
+    let include_usage = request.include_usage();
+    // The backend has what it needs of the request; a stream may stay open for minutes, and the
+    // prompt need not stay in memory with it.
+    drop(request);
     let encoder = ChunkEncoder::new(
         new_id(),
         unix_now(),
         route.model.name.clone(),
-        request.include_usage(),
+        include_usage,
     );
     let keep_alive = state.server.sse_keep_alive;
     let shutdown = state.shutdown.clone();
@@ -340,7 +344,7 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
                     }
                     record.usage = usage;
                     record.outcome = Outcome::Ok;
-                    if let (true, Some(u)) = (request.include_usage(), usage) {
+                    if let (true, Some(u)) = (include_usage, usage) {
                         yield encoder.usage(&u);
                     }
                     yield Bytes::from_static(DONE);
@@ -375,11 +379,13 @@ async fn collect(
 ) -> Response<Body> {
     let Accepted {
         route,
+        request,
         stream: mut events,
         rate_headers,
         mut filter,
-        ..
     } = accepted;
+    // Not needed while the answer is collected (see `stream`).
+    drop(request);
     let mut collector = Collector::new();
     let stop = state.shutdown.hard_stopped();
     tokio::pin!(stop);
