@@ -19,11 +19,30 @@ use regex_automata::util::pool::Pool;
 use regex_automata::{Input, MatchKind, PatternID, PatternSet};
 
 type CacheFn = Box<dyn Fn() -> Cache + Send + Sync>;
+/// Search caches of one lazy DFA, one per thread that searches.
+pub(super) type Caches = Pool<Cache, CacheFn>;
+
+/// The lazy DFA settings this module and [`super::viable`] share: every match state is kept
+/// (all patterns here; the longest match, hence the leftmost start, of a reverse search there),
+/// and a Unicode word boundary makes the search give up on non-ASCII bytes instead of refusing
+/// to build.
+pub(super) fn lazy_dfa_config(cache_capacity: usize) -> regex_automata::hybrid::dfa::Config {
+    DFA::config()
+        .match_kind(MatchKind::All)
+        .unicode_word_boundary(true)
+        .cache_capacity(cache_capacity)
+}
+
+/// A cache pool for `dfa`; a clone of an automaton's owner gets a fresh one.
+pub(super) fn caches(dfa: &Arc<DFA>) -> Caches {
+    let dfa = Arc::clone(dfa);
+    Pool::new(Box::new(move || dfa.create_cache()))
+}
 
 /// All of a direction's patterns, for the one-pass "does anything match" question.
 pub(crate) struct Occurs {
     dfa: Arc<DFA>,
-    caches: Pool<Cache, CacheFn>,
+    caches: Caches,
     patterns: Arc<[String]>,
     limits: (usize, usize),
     fallback: OnceLock<Result<RegexSet, String>>,
@@ -42,13 +61,7 @@ impl Occurs {
         cache_capacity: usize,
     ) -> Result<Self, String> {
         let dfa = DFA::builder()
-            .configure(
-                DFA::config()
-                    // Every pattern that matches, not only the leftmost.
-                    .match_kind(MatchKind::All)
-                    .unicode_word_boundary(true)
-                    .cache_capacity(cache_capacity),
-            )
+            .configure(lazy_dfa_config(cache_capacity))
             .thompson(
                 thompson::Config::new()
                     .which_captures(WhichCaptures::None)
@@ -58,17 +71,12 @@ impl Occurs {
             .map_err(|e| e.to_string())?;
         let dfa = Arc::new(dfa);
         Ok(Occurs {
-            caches: Self::pool(&dfa),
+            caches: caches(&dfa),
             dfa,
             patterns: patterns.iter().map(|p| p.to_string()).collect(),
             limits: (nfa_size_limit, cache_capacity),
             fallback: OnceLock::new(),
         })
-    }
-
-    fn pool(dfa: &Arc<DFA>) -> Pool<Cache, CacheFn> {
-        let dfa = Arc::clone(dfa);
-        Pool::new(Box::new(move || dfa.create_cache()))
     }
 
     /// The patterns with a match starting at or after `from`; text before `from` is still seen by
@@ -121,7 +129,7 @@ impl Clone for Occurs {
     fn clone(&self) -> Self {
         Occurs {
             dfa: Arc::clone(&self.dfa),
-            caches: Self::pool(&self.dfa),
+            caches: caches(&self.dfa),
             patterns: Arc::clone(&self.patterns),
             limits: self.limits,
             fallback: OnceLock::new(),

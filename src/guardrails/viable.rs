@@ -18,19 +18,18 @@
 
 use std::sync::{Arc, OnceLock};
 
-use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::hybrid::dfa::DFA;
 use regex_automata::meta;
 use regex_automata::nfa::thompson::{self, WhichCaptures};
-use regex_automata::util::pool::Pool;
-use regex_automata::{Anchored, Input, MatchKind};
+use regex_automata::{Anchored, Input};
 use regex_syntax::hir::{Hir, Look};
 
-type CacheFn = Box<dyn Fn() -> Cache + Send + Sync>;
+use super::occurs::{caches, lazy_dfa_config, Caches};
 
 /// The prefix closures of a direction's patterns, searched backwards from the end of a buffer.
 pub(crate) struct Viable {
     dfa: Arc<DFA>,
-    caches: Pool<Cache, CacheFn>,
+    caches: Caches,
     /// Only when the closures hold a Unicode word boundary, which the lazy DFA may give up on.
     fallback: Option<Fallback>,
 }
@@ -62,14 +61,7 @@ impl Viable {
             .build_from_hir(&hir)
             .map_err(|e| e.to_string())?;
         let dfa = DFA::builder()
-            .configure(
-                DFA::config()
-                    // A reverse search finds the leftmost start only when it runs on to the
-                    // longest match.
-                    .match_kind(MatchKind::All)
-                    .unicode_word_boundary(true)
-                    .cache_capacity(cache_capacity),
-            )
+            .configure(lazy_dfa_config(cache_capacity))
             .build_from_nfa(nfa)
             .map_err(|e| e.to_string())?;
         let dfa = Arc::new(dfa);
@@ -83,15 +75,10 @@ impl Viable {
                 regex: OnceLock::new(),
             });
         Ok(Viable {
-            caches: Self::pool(&dfa),
+            caches: caches(&dfa),
             dfa,
             fallback,
         })
-    }
-
-    fn pool(dfa: &Arc<DFA>) -> Pool<Cache, CacheFn> {
-        let dfa = Arc::clone(dfa);
-        Pool::new(Box::new(move || dfa.create_cache()))
     }
 
     /// The earliest offset at or after `from` such that `hay[offset..]` is a prefix of some
@@ -143,7 +130,7 @@ impl Clone for Viable {
     fn clone(&self) -> Self {
         Viable {
             dfa: Arc::clone(&self.dfa),
-            caches: Self::pool(&self.dfa),
+            caches: caches(&self.dfa),
             fallback: self.fallback.as_ref().map(|fb| Fallback {
                 hir: Arc::clone(&fb.hir),
                 nfa_size_limit: fb.nfa_size_limit,
