@@ -9,19 +9,20 @@
 //! It walks and locks every arena, so it is called only after a load or reload, never on a
 //! request path.
 
-/// Returns the allocator's free pages to the operating system; whether anything came back.
+/// Returns the allocator's free pages to the operating system.
 /// Elsewhere than on glibc it does nothing: other allocators have no such call.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-pub fn release_free() -> bool {
+pub fn release_free() {
     // SAFETY: `malloc_trim` takes no pointers and glibc serialises it with every other allocator
-    // call; it has no precondition a caller could break.
-    unsafe { libc::malloc_trim(0) == 1 }
+    // call; it has no precondition a caller could break. Its result (whether anything came
+    // back) is not needed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
-/// Returns the allocator's free pages to the operating system; whether anything came back.
+/// Returns the allocator's free pages to the operating system.
 /// Elsewhere than on glibc it does nothing: other allocators have no such call.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn release_free() -> bool {
-    false
-}
+pub fn release_free() {}

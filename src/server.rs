@@ -1,9 +1,9 @@
 //! Sockets: the accept loops, the connection cap, and graceful shutdown.
 //!
 //! Each accepted connection is sniffed for the h2c preface ([`crate::sniff`]) and served by hyper:
-//! HTTP/1.1 with keep-alive, or h2c by prior knowledge when enabled. A semaphore caps open connections: when it is exhausted the
-//! loop stops accepting and further clients wait in the kernel's backlog rather than being served
-//! badly. On shutdown the listeners close first, in-flight requests run on for the grace period,
+//! HTTP/1.1 with keep-alive, or h2c by prior knowledge when enabled. A semaphore caps open
+//! connections: when it is exhausted the loop stops accepting and further clients wait in the
+//! kernel's backlog rather than being served badly. On shutdown the listeners close first, in-flight requests run on for the grace period,
 //! then every stream still open is ended with an SSE error event and the connections close.
 
 use std::future::Future;
@@ -103,7 +103,7 @@ impl Gateway {
             h2.timer(TokioTimer::new());
             h2
         });
-        let builder = Arc::new(Protocols {
+        let protocols = Arc::new(Protocols {
             h1,
             h2,
             sniff_timeout: server.header_read_timeout,
@@ -114,7 +114,7 @@ impl Gateway {
         let api_loop = accept_loop(
             api,
             TowerToHyperService::new(stack::api(state.clone())),
-            &builder,
+            &protocols,
             &graceful,
             &state.shutdown,
             cap.clone(),
@@ -125,7 +125,7 @@ impl Gateway {
                     accept_loop(
                         listener,
                         TowerToHyperService::new(stack::admin(state.clone())),
-                        &builder,
+                        &protocols,
                         &graceful,
                         &state.shutdown,
                         cap.clone(),
@@ -171,7 +171,6 @@ impl Gateway {
     }
 }
 
-/// Accepts connections until the future is dropped.
 /// How connections are served once their protocol is known.
 struct Protocols {
     h1: http1::Builder,
@@ -181,10 +180,11 @@ struct Protocols {
     sniff_timeout: Duration,
 }
 
+/// Accepts connections until the future is dropped.
 async fn accept_loop<S>(
     listener: TcpListener,
     service: S,
-    builder: &Arc<Protocols>,
+    protocols: &Arc<Protocols>,
     graceful: &GracefulShutdown,
     signal: &ShutdownSignal,
     cap: Arc<Semaphore>,
@@ -213,12 +213,12 @@ async fn accept_loop<S>(
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
-        let builder = Arc::clone(builder);
+        let protocols = Arc::clone(protocols);
         let service = service.clone();
         let signal = signal.clone();
         tokio::spawn(async move {
             let sniffed = tokio::select! {
-                s = tokio::time::timeout(builder.sniff_timeout, sniff(stream)) => s,
+                s = tokio::time::timeout(protocols.sniff_timeout, sniff(stream)) => s,
                 // Nothing was asked on it yet, so closing it loses nothing.
                 () = signal.drained() => return,
             };
@@ -231,13 +231,13 @@ async fn accept_loop<S>(
                     tracing::debug!(%peer, error = %e, "connection ended before its first request");
                     Ok(())
                 }
-                Ok(Ok((protocol, io))) => match (protocol, &builder.h2) {
+                Ok(Ok((protocol, io))) => match (protocol, &protocols.h2) {
                     (Protocol::Http2, Some(h2)) => {
                         let conn = h2.serve_connection(TokioIo::new(io), service);
                         watcher.watch(conn).await
                     }
                     _ => {
-                        let conn = builder.h1.serve_connection(TokioIo::new(io), service);
+                        let conn = protocols.h1.serve_connection(TokioIo::new(io), service);
                         watcher.watch(conn).await
                     }
                 },

@@ -1,8 +1,8 @@
 //! Which HTTP version a new connection speaks, found without costing hyper a second buffer.
 //!
-//! h2c by prior knowledge opens with a fixed 24-byte preface; anything else is HTTP/1.1. hyper-util's
-//! auto builder reads those bytes and then hands hyper a reader whose first read returns them
-//! alone. hyper parses the 24-byte fragment, finds the head incomplete, and grows its read buffer
+//! h2c by prior knowledge opens with a fixed 24-byte preface; anything else is HTTP/1.1.
+//! hyper-util's auto builder reads those bytes and then hands hyper a reader whose first read
+//! returns them alone. hyper parses the 24-byte fragment, finds the head incomplete, and grows its read buffer
 //! from 8 to 16 KiB to read the rest: a buffer every connection keeps for as long as it is open,
 //! which for a gateway holding thousands of idle streams is a third of what a stream costs. Here
 //! the first read returns the sniffed bytes together with whatever the socket already holds, so a
