@@ -26,5 +26,6 @@ pub mod sniff;
 pub mod stack;
 pub mod state;
 pub mod telemetry;
+pub mod workers;
 
 pub use error::{Error, Result};

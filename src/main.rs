@@ -273,7 +273,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         None => config.logging.format,
     };
     sluice::telemetry::init(format, &config.logging.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control runtime: listeners, reloads, signals. Requests are served on the workers
+    // (`[server] workers`), each a runtime of its own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

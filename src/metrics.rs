@@ -68,6 +68,8 @@ pub struct Metrics {
     pub local_decode_rate: HistogramVec,
     /// Local models: whether each loaded (1) or was refused (0).
     pub local_model_loaded: GaugeVec,
+    /// Client connections open on each serving worker: an uneven spread shows here first.
+    pub worker_connections: IntGaugeVec,
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
@@ -226,6 +228,14 @@ impl Metrics {
                 &["backend"],
             )
             .unwrap_or_else(|e| panic!("metric local_model_loaded: {e}")),
+            worker_connections: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_worker_connections",
+                    "Client connections open on each serving worker.",
+                ),
+                &["worker"],
+            )
+            .unwrap_or_else(|e| panic!("metric worker_connections: {e}")),
             registry,
         };
         let build = IntGaugeVec::new(
@@ -260,6 +270,7 @@ impl Metrics {
             Box::new(m.local_prefill_rate.clone()),
             Box::new(m.local_decode_rate.clone()),
             Box::new(m.local_model_loaded.clone()),
+            Box::new(m.worker_connections.clone()),
         ];
         for c in collectors {
             m.registry

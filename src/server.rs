@@ -1,7 +1,8 @@
 //! Sockets: the accept loops, the connection cap, and graceful shutdown.
 //!
-//! Each accepted connection is sniffed for the h2c preface ([`crate::sniff`]) and served by hyper:
-//! HTTP/1.1 with keep-alive, or h2c by prior knowledge when enabled. A semaphore caps open
+//! Connections are accepted on the calling (control) runtime and each is handed to a serving
+//! worker ([`crate::workers`]), where it is sniffed for the h2c preface ([`crate::sniff`]) and
+//! served by hyper: HTTP/1.1 with keep-alive, or h2c by prior knowledge when enabled. A semaphore caps open
 //! connections: when it is exhausted the loop stops accepting and further clients wait in the
 //! kernel's backlog rather than being served badly. On shutdown the listeners close first, in-flight requests run on for the grace period,
 //! then every stream still open is ended with an SSE error event and the connections close.
@@ -26,6 +27,7 @@ use crate::shutdown::{Shutdown, ShutdownSignal};
 use crate::sniff::{sniff, Protocol};
 use crate::stack;
 use crate::state::AppState;
+use crate::workers::Workers;
 
 /// How long connections get to close after the hard stop, before the server returns anyway.
 const CLOSE_AFTER_HARD_STOP: Duration = Duration::from_secs(5);
@@ -110,11 +112,15 @@ impl Gateway {
         });
         let graceful = GracefulShutdown::new();
         let cap = Arc::new(Semaphore::new(server.max_connections));
+        let workers = Workers::start(server.workers, &state.metrics)
+            .context("starting the serving workers")?;
+        tracing::debug!(workers = workers.len(), "serving workers started");
 
         let api_loop = accept_loop(
             api,
             TowerToHyperService::new(stack::api(state.clone())),
             &protocols,
+            &workers,
             &graceful,
             &state.shutdown,
             cap.clone(),
@@ -126,6 +132,7 @@ impl Gateway {
                         listener,
                         TowerToHyperService::new(stack::admin(state.clone())),
                         &protocols,
+                        &workers,
                         &graceful,
                         &state.shutdown,
                         cap.clone(),
@@ -166,6 +173,13 @@ impl Gateway {
                 tracing::warn!("connections still open after the hard stop; closing them");
             }
         }
+        // Joining the worker threads blocks; the control runtime may be serving other tasks.
+        if tokio::task::spawn_blocking(move || workers.stop())
+            .await
+            .is_err()
+        {
+            tracing::warn!("stopping the serving workers failed");
+        }
         tracing::info!("shutdown complete");
         Ok(())
     }
@@ -180,11 +194,12 @@ struct Protocols {
     sniff_timeout: Duration,
 }
 
-/// Accepts connections until the future is dropped.
+/// Accepts connections until the future is dropped, and hands each to a worker.
 async fn accept_loop<S>(
     listener: TcpListener,
     service: S,
     protocols: &Arc<Protocols>,
+    workers: &Workers,
     graceful: &GracefulShutdown,
     signal: &ShutdownSignal,
     cap: Arc<Semaphore>,
@@ -212,40 +227,83 @@ async fn accept_loop<S>(
             }
         };
         let _ = stream.set_nodelay(true);
+        // Out of this runtime's reactor, into the worker's.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand over a connection");
+                continue;
+            }
+        };
         let watcher = graceful.watcher();
         let protocols = Arc::clone(protocols);
         let service = service.clone();
         let signal = signal.clone();
-        tokio::spawn(async move {
-            let sniffed = tokio::select! {
-                s = tokio::time::timeout(protocols.sniff_timeout, sniff(stream)) => s,
-                // Nothing was asked on it yet, so closing it loses nothing.
-                () = signal.drained() => return,
-            };
-            let result = match sniffed {
-                Err(_) => {
-                    tracing::debug!(%peer, "connection sent nothing in time");
-                    Ok(())
+        let handed = workers.dispatch(move |open| {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot register a connection");
+                    return;
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "connection ended before its first request");
-                    Ok(())
-                }
-                Ok(Ok((protocol, io))) => match (protocol, &protocols.h2) {
-                    (Protocol::Http2, Some(h2)) => {
-                        let conn = h2.serve_connection(TokioIo::new(io), service);
-                        watcher.watch(conn).await
-                    }
-                    _ => {
-                        let conn = protocols.h1.serve_connection(TokioIo::new(io), service);
-                        watcher.watch(conn).await
-                    }
-                },
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
+            tokio::spawn(async move {
+                serve_connection(stream, peer, service, &protocols, watcher, &signal).await;
+                drop(open);
+                drop(permit);
+            });
         });
+        if let Err(e) = handed {
+            // Only after a worker thread died; the connection is closed unanswered.
+            tracing::error!(%peer, error = %e, "connection dropped");
+        }
+    }
+}
+
+/// Serves one connection on the worker it was handed to.
+async fn serve_connection<S>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    service: S,
+    protocols: &Protocols,
+    watcher: hyper_util::server::graceful::Watcher,
+    signal: &ShutdownSignal,
+) where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::api::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let sniffed = tokio::select! {
+        s = tokio::time::timeout(protocols.sniff_timeout, sniff(stream)) => s,
+        // Nothing was asked on it yet, so closing it loses nothing.
+        () = signal.drained() => return,
+    };
+    let result = match sniffed {
+        Err(_) => {
+            tracing::debug!(%peer, "connection sent nothing in time");
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection ended before its first request");
+            Ok(())
+        }
+        Ok(Ok((protocol, io))) => match (protocol, &protocols.h2) {
+            (Protocol::Http2, Some(h2)) => {
+                let conn = h2.serve_connection(TokioIo::new(io), service);
+                watcher.watch(conn).await
+            }
+            _ => {
+                let conn = protocols.h1.serve_connection(TokioIo::new(io), service);
+                watcher.watch(conn).await
+            }
+        },
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -7,13 +7,30 @@
 //! which for a gateway holding thousands of idle streams is a third of what a stream costs. Here
 //! the first read returns the sniffed bytes together with whatever the socket already holds, so a
 //! request that arrived in one piece is parsed from one read into one 8 KiB buffer.
+//!
+//! The same wrapper closes connections the way a client can read: when the server ends a
+//! connection while the client is still sending (a body refused with 413 before it was read, a
+//! 401 ahead of a large upload), closing a socket with unread bytes makes the kernel answer with a
+//! reset, which may destroy the response the client has not read yet. So a shutdown first ends
+//! the write side (FIN after the response), then reads and discards what the client still sends
+//! until it closes, for at most [`LINGER_TIME`] and [`LINGER_BYTES`] (nginx's lingering close).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::future::Future;
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+/// How long a closing connection keeps reading what its client still sends.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// How much a closing connection reads and discards at most.
+pub const LINGER_BYTES: usize = 32 * 1024 * 1024;
 
 /// What an h2c client sends first (RFC 9113, section 3.4).
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -34,6 +51,14 @@ pub struct Sniffed {
     len: usize,
     /// An error met while reading ahead behind the sniffed bytes, reported by the next read.
     deferred: Option<io::Error>,
+    /// Set once the write side was shut down: the lingering read's deadline and count.
+    linger: Option<Linger>,
+}
+
+#[derive(Debug)]
+struct Linger {
+    until: Pin<Box<Sleep>>,
+    discarded: usize,
 }
 
 /// Reads until the bytes can no longer be the h2c preface (HTTP/1.1), are the whole preface
@@ -60,6 +85,7 @@ pub async fn sniff(mut stream: TcpStream) -> io::Result<(Protocol, Sniffed)> {
         pos: 0,
         len,
         deferred: None,
+        linger: None,
     };
     Ok((protocol, io))
 }
@@ -120,7 +146,38 @@ impl AsyncWrite for Sniffed {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let linger = match &mut this.linger {
+            Some(linger) => linger,
+            None => {
+                std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                this.linger.insert(Linger {
+                    until: Box::pin(tokio::time::sleep(LINGER_TIME)),
+                    discarded: 0,
+                })
+            }
+        };
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                // The client closed (or reset) its side: nothing is left to lose.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    linger.discarded += buf.filled().len();
+                    if linger.discarded >= LINGER_BYTES {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Pending => {
+                    return match linger.until.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Ok(())),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
     }
 }
 
@@ -201,9 +258,55 @@ mod tests {
         io.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
             .await
             .unwrap();
+        let mut got = Vec::new();
+        let (shut, read) = tokio::join!(io.shutdown(), async {
+            let read = client.read_to_end(&mut got).await;
+            drop(client);
+            read
+        });
+        shut.unwrap();
+        read.unwrap();
+        assert_eq!(got, b"HTTP/1.1 204 No Content\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_response_sent_before_the_body_is_read_reaches_a_client_still_sending() {
+        let (mut client, server) = pair().await;
+        client
+            .write_all(b"POST / HTTP/1.1\r\ncontent-length: 8388608\r\n\r\n")
+            .await
+            .unwrap();
+        let (_, mut io) = sniff(server).await.unwrap();
+        let answer = b"HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\n\r\n";
+        let server = async move {
+            io.write_all(answer).await.unwrap();
+            io.shutdown().await.unwrap();
+            drop(io);
+        };
+        // The client sends all 8 MiB (far beyond the socket buffers) and only then reads: without
+        // the lingering read its writes fail, or its read meets a reset instead of the answer.
+        let client = async move {
+            client.write_all(&vec![b'a'; 8 << 20]).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let ((), got) = tokio::join!(server, client);
+        assert_eq!(got, answer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lingering_read_gives_up_on_a_client_that_never_closes() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let (_, mut io) = sniff(server).await.unwrap();
+        let started = tokio::time::Instant::now();
         io.shutdown().await.unwrap();
+        assert!(started.elapsed() >= LINGER_TIME);
+        // The write side was shut at once: the client saw the end of the response stream.
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert!(got.is_empty());
     }
 }

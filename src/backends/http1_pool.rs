@@ -44,6 +44,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::workers;
+
 type Io = TokioIo<TcpStream>;
 
 /// Rounds of "drive the connection, then poll the body" in one [`DrivenBody::poll_frame`]. The
@@ -95,9 +97,13 @@ struct Inner {
     host_header: Option<HeaderValue>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// Idle connections kept per worker.
     max_idle: usize,
-    /// Most recently used at the back.
-    idle: Mutex<VecDeque<Idle>>,
+    /// One queue per serving worker ([`workers::current`]), most recently used at the back. A
+    /// connection is driven by the requests that use it, so it must stay with the worker whose
+    /// runtime its socket is registered with: a request on another worker would get each of its
+    /// readiness events through a cross-thread wake-up.
+    idle: Mutex<Vec<VecDeque<Idle>>>,
 }
 
 struct Idle {
@@ -144,14 +150,17 @@ impl Http1Pool {
                 connect_timeout,
                 idle_timeout,
                 max_idle,
-                idle: Mutex::new(VecDeque::new()),
+                idle: Mutex::new(Vec::new()),
             }),
         }
     }
 
     /// Connections idle in the pool now.
     pub fn idle_count(&self) -> usize {
-        self.inner.idle.lock().map_or(0, |idle| idle.len())
+        self.inner
+            .idle
+            .lock()
+            .map_or(0, |idle| idle.iter().map(VecDeque::len).sum())
     }
 
     /// Sends `req` on an idle connection or a new one and waits for the response head. The
@@ -230,6 +239,11 @@ where
     .await
 }
 
+/// The calling thread's idle queue: one per worker, and one for every other thread.
+fn shard() -> usize {
+    workers::current().map_or(0, |w| w + 1)
+}
+
 /// Rewrites an absolute URI to its path and query (origin form).
 fn origin_form(req: &mut Request<Full<Bytes>>) {
     let path = req
@@ -250,7 +264,8 @@ impl Inner {
         let now = Instant::now();
         loop {
             let candidate = {
-                let mut idle = self.idle.lock().ok()?;
+                let mut shards = self.idle.lock().ok()?;
+                let idle = shards.get_mut(shard())?;
                 // The oldest are at the front: drop those past the idle timeout.
                 while idle
                     .front()
@@ -297,9 +312,14 @@ impl Inner {
         if Pin::new(&mut conn.io).poll(cx).is_ready() || conn.send.is_closed() {
             return;
         }
-        let Ok(mut idle) = self.idle.lock() else {
+        let Ok(mut shards) = self.idle.lock() else {
             return;
         };
+        let shard = shard();
+        if shards.len() <= shard {
+            shards.resize_with(shard + 1, VecDeque::new);
+        }
+        let idle = &mut shards[shard];
         if idle.len() >= self.max_idle {
             return;
         }
@@ -549,5 +569,49 @@ mod tests {
         assert_eq!(pool.idle_count(), 1);
         read_all(pool.send(chat(&mock)).await.unwrap()).await;
         assert_eq!(mock.connections(), 2, "an expired connection was reused");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_stay_with_the_worker_that_opened_them() {
+        let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+        let pool = pool_for(&mock);
+        let metrics = crate::metrics::Metrics::new();
+        let workers = crate::workers::Workers::start(2, &metrics).unwrap();
+        // Runs one request on the least-loaded worker and says which worker it ran on; the
+        // worker's count stays raised while the returned `Open` is held.
+        let on_next_worker = || {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (pool, req) = (pool.clone(), chat(&mock));
+            workers
+                .dispatch(move |open| {
+                    tokio::spawn(async move {
+                        let text = read_all(pool.send(req).await.unwrap()).await;
+                        let _ = tx.send((crate::workers::current(), text, open));
+                    });
+                })
+                .unwrap();
+            rx
+        };
+        let (w0, text, open0) = on_next_worker().await.unwrap();
+        assert!(text.contains("data: [DONE]"), "{text}");
+        // Worker 0 still counts a connection, so the next request runs on worker 1: the idle
+        // upstream connection of worker 0 is not taken from another thread.
+        let (w1, _, open1) = on_next_worker().await.unwrap();
+        assert_eq!((w0, w1), (Some(0), Some(1)));
+        assert_eq!(mock.connections(), 2);
+        assert_eq!(pool.idle_count(), 2);
+        // Back on worker 0, its own idle connection is reused.
+        drop(open0);
+        let (w, _, _open) = on_next_worker().await.unwrap();
+        drop(open1);
+        assert_eq!(w, Some(0));
+        assert_eq!(
+            mock.connections(),
+            2,
+            "worker 0 did not reuse its connection"
+        );
+        tokio::task::spawn_blocking(move || workers.stop())
+            .await
+            .unwrap();
     }
 }

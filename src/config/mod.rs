@@ -124,6 +124,8 @@ pub struct ServerConfig {
     pub sse_keep_alive: Duration,
     /// Accept HTTP/2 with prior knowledge (h2c) beside HTTP/1.1.
     pub http2: bool,
+    /// Serving runtimes (threads), each serving the connections handed to it.
+    pub workers: usize,
 }
 
 /// How log lines are written.
@@ -339,6 +341,9 @@ fn limits(key: &str, base: &RawLimits, over: &RawLimits) -> Result<ModelLimits, 
     })
 }
 
+/// More serving threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
 /// Turns the as-read config into the checked one.
 pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
     let s = raw.server;
@@ -365,7 +370,15 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
             Duration::from_secs(15),
         )?,
         http2: s.http2.unwrap_or(true),
+        workers: s.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }),
     };
+    if server.workers == 0 || server.workers > MAX_WORKERS {
+        return Err(format!(
+            "`server.workers` must be between 1 and {MAX_WORKERS} (default: the CPUs this process may use)"
+        ));
+    }
     if server.max_connections == 0 {
         return Err("`server.max_connections` must be at least 1".into());
     }
@@ -870,6 +883,19 @@ backend = "upstream"
         assert_eq!(l.max_tokens, 100);
         assert_eq!(l.default_max_tokens, 100);
         assert_eq!(l.max_messages, 3);
+    }
+
+    #[test]
+    fn workers_default_to_the_cpus_and_must_be_at_least_one() {
+        let c = Config::from_toml(CONTRACT, Path::new("c.toml"), &no_env).unwrap();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.server.workers, cpus);
+        let text = CONTRACT.replace("[server]", "[server]\nworkers = 3");
+        let c = Config::from_toml(&text, Path::new("c.toml"), &no_env).unwrap();
+        assert_eq!(c.server.workers, 3);
+        let text = CONTRACT.replace("[server]", "[server]\nworkers = 0");
+        let e = Config::from_toml(&text, Path::new("c.toml"), &no_env).unwrap_err();
+        assert!(e.to_string().contains("server.workers"), "{e}");
     }
 }
 #[cfg(test)]

@@ -81,6 +81,7 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     pub sse_keep_alive: Option<String>,
     pub http2: Option<bool>,
+    pub workers: Option<usize>,
 }
 
 /// `[admin]`: where `/metrics` is served.

@@ -354,6 +354,30 @@ async fn malformed_bodies_get_clear_4xx() {
 }
 
 #[tokio::test]
+async fn connections_are_spread_over_the_serving_workers() {
+    let hang = || Script::Open(vec![role(), text("first"), Step::Hang]);
+    let backend = ScriptedBackend::new("b", vec![hang(), hang()]);
+    let gw = TestGateway::start(&scripted_config("workers = 2"), vec![backend.clone()]).await;
+    // Two streams open at once travel on two client connections.
+    let mut a = open_stream(&gw, &chat_body(true)).await.into_body();
+    read_until(&mut a, "first").await;
+    let mut b = open_stream(&gw, &chat_body(true)).await.into_body();
+    read_until(&mut b, "first").await;
+    let text = String::from_utf8(gw.metrics.render()).unwrap();
+    for worker in ["0", "1"] {
+        assert!(
+            text.contains(&format!(
+                "sluice_worker_connections{{worker=\"{worker}\"}} 1"
+            )),
+            "{text}"
+        );
+    }
+    drop((a, b));
+    backend.wait_drops(2).await;
+    gw.idle().await;
+}
+
+#[tokio::test]
 async fn client_disconnect_drops_the_backend_stream() {
     let backend = ScriptedBackend::new(
         "b",
