@@ -1,87 +1,82 @@
 //! HTTP/1.1 connections to one upstream, each driven by the request that holds it.
 //!
-//! hyper's pooled client runs every upstream connection as a task of its own and hands the
-//! response body to the request through a channel, one HTTP chunk at a time: each upstream event
-//! costs two task hand-offs (the request asks for more, the connection task reads and answers),
-//! and the request's response to its client goes pending in between, so the events leave in
-//! separate writes. Under the overhead scenario those hand-offs and writes were the largest cost
-//! the gateway added that a byte-copying proxy does not have.
+//! A connection is a value, not a task: the request that checks it out writes its head and body
+//! itself, and reads and decodes the response inside [`DrivenBody::poll_frame`], so an upstream
+//! burst is read, decoded and forwarded in one pass with no hand-off between tasks. When the body
+//! ends the connection goes back to the pool; dropping the body before its end closes the
+//! connection, which is how a client that went away cancels the upstream generation.
 //!
-//! Here a connection is a value, not a task. The request that checks it out polls hyper's
-//! connection state machine itself, inside [`DrivenBody::poll_frame`], before it polls the body:
-//! reading the socket, decoding the next chunk and taking it are function calls in one task, and
-//! an upstream burst is read, decoded and forwarded in one pass. When the body ends the connection
-//! goes back to the pool; dropping the body before its end closes the connection (hyper cannot
-//! reuse a connection with an unread response), which is how a client that went away cancels the
-//! upstream generation.
+//! The client is ours rather than hyper's because of what a held stream costs. hyper's client
+//! connection keeps an 8 KiB read buffer, an 8 KiB header buffer and a request channel (8.8 KiB)
+//! for as long as a stream is open: three quarters of what an idle stream costs the gateway.
+//! Here an idle connection holds its socket and nothing else. Reads go through a buffer on the
+//! stack and only what arrived is copied out, the response head is decoded into the
+//! [`Response`] and dropped, and the request head is written from a buffer freed once sent. The
+//! wire format (heads, chunked coding, body framing) lives in [`super::http1_codec`].
 //!
 //! An idle connection in the pool is polled by nobody, so an upstream that closes it is noticed
-//! at checkout: the connection is polled once there, and one that has ended is dropped. A request
-//! that a reused connection could not send (the upstream closed it in the meantime) goes out on
-//! another connection; a request that was sent is never retried here, as with hyper's client. Idle
-//! connections older than the idle timeout are dropped at checkout.
+//! at checkout: a connection with anything to read (the close, or bytes it should not have sent)
+//! is dropped. A request the upstream refused before reading any of it (the write failed on a
+//! reused connection) goes out on another connection; a request that was written is never
+//! retried here: the router decides. Idle connections older than the idle timeout are dropped at
+//! checkout.
+//!
+//! Idle connections are kept per serving worker ([`workers::current`]): a socket is registered
+//! with one worker's runtime, and a request on another worker would get each of its readiness
+//! events through a cross-thread wake-up.
 //!
 //! Used for plain-HTTP upstreams that speak HTTP/1.1 (in-cluster inference servers); TLS and
 //! HTTP/2 upstreams keep hyper's pooled client, whose HTTP/2 connections are shared by many
 //! requests at once.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::HOST;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::http1_codec::{self, Decoded, Decoder, Malformed};
 use crate::workers;
 
-type Io = TokioIo<TcpStream>;
-
-/// Rounds of "drive the connection, then poll the body" in one [`DrivenBody::poll_frame`]. The
-/// body asks for more when it finds nothing; the second round lets the connection answer from
-/// what it has already read, without a reschedule.
-const DRIVE_ROUNDS: usize = 2;
+/// Bytes read from the socket at most per read call (from a buffer on the stack).
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a request got no response head.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// No connection could be opened (`TimedOut` when the connect timeout passed).
-    Connect(io::Error),
-    /// The connection failed or closed before the response head.
-    Http(hyper::Error),
-    /// The connection closed with the request unanswered and no error from hyper.
+    #[error("connect: {0}")]
+    Connect(#[source] io::Error),
+    /// Writing the request or reading the head failed.
+    #[error("{0}")]
+    Io(#[source] io::Error),
+    /// The connection closed before the response head.
+    #[error("the connection closed before the response")]
     Closed,
+    /// The upstream's answer is not HTTP/1.1.
+    #[error("invalid response: {0}")]
+    Malformed(#[source] Malformed),
 }
 
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e) => write!(f, "connect: {e}"),
-            SendError::Http(e) => write!(f, "{e}"),
-            SendError::Closed => f.write_str("the connection closed before the response"),
-        }
-    }
-}
-
-impl std::error::Error for SendError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SendError::Connect(e) => Some(e),
-            SendError::Http(e) => Some(e),
-            SendError::Closed => None,
-        }
-    }
+/// Why a response body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the response body: {0}")]
+    Io(#[source] io::Error),
+    #[error("the connection closed before the end of the response body")]
+    Truncated,
+    #[error("invalid response body: {0}")]
+    Malformed(#[source] Malformed),
 }
 
 /// Idle HTTP/1.1 connections to one `host:port`, and how to open more.
@@ -99,31 +94,30 @@ struct Inner {
     idle_timeout: Duration,
     /// Idle connections kept per worker.
     max_idle: usize,
-    /// One queue per serving worker ([`workers::current`]), most recently used at the back. A
-    /// connection is driven by the requests that use it, so it must stay with the worker whose
-    /// runtime its socket is registered with: a request on another worker would get each of its
-    /// readiness events through a cross-thread wake-up.
+    /// One queue per serving worker, most recently used at the back.
     idle: Mutex<Vec<VecDeque<Idle>>>,
 }
 
 struct Idle {
-    conn: Box<Conn>,
+    conn: Conn,
     since: Instant,
 }
 
-/// One connection: the request half and the connection's state machine.
+/// One connection and the bytes read from it but not yet decoded (usually none: the buffer is
+/// released whenever it empties).
 struct Conn {
-    send: SendRequest<Full<Bytes>>,
-    io: Connection<Io, Full<Bytes>>,
+    io: TcpStream,
+    buf: BytesMut,
 }
 
-/// A response body that drives its connection as it is read, and returns the connection to
-/// the pool at its end.
+/// A response body read from its connection as it is polled; gives the connection back to the
+/// pool at its end.
 pub struct DrivenBody {
-    body: Incoming,
-    /// `None` once the connection ended (the body then only has what hyper already decoded).
-    /// Boxed: hyper's connection state is large, and it moves in and out of the pool.
-    conn: Option<Box<Conn>>,
+    /// `None` once the body ended or failed.
+    conn: Option<Conn>,
+    decoder: Decoder,
+    /// The connection may carry another request after this body.
+    keep_alive: bool,
     pool: Arc<Inner>,
 }
 
@@ -164,103 +158,131 @@ impl Http1Pool {
     }
 
     /// Sends `req` on an idle connection or a new one and waits for the response head. The
-    /// request goes out in origin form with a `Host` header, as hyper's client sends it.
-    pub async fn send(
-        &self,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<Response<DrivenBody>, SendError> {
-        origin_form(&mut req);
+    /// request goes out in origin form with a `Host` header.
+    pub async fn send(&self, mut req: Request<Bytes>) -> Result<Response<DrivenBody>, SendError> {
         if !req.headers().contains_key(HOST) {
             if let Some(host) = &self.inner.host_header {
                 req.headers_mut().insert(HOST, host.clone());
             }
         }
+        let mut head = Vec::with_capacity(256);
+        http1_codec::encode_head(&req, &mut head);
+        let body = req.into_body();
         loop {
             let (mut conn, reused) = match self.inner.checkout() {
                 Some(conn) => (conn, true),
                 None => (self.inner.connect().await?, false),
             };
-            let sent = conn.send.try_send_request(req);
-            match drive_until_head(&mut conn, sent).await {
-                Ok((resp, ended)) => {
-                    let pool = self.inner.clone();
-                    // A connection that already ended is never polled again.
-                    let conn = (!ended).then_some(conn);
-                    return Ok(resp.map(|body| DrivenBody { body, conn, pool }));
-                }
-                Err(Unsent::Back(back)) if reused => {
+            match write_request(&mut conn.io, &head, &body).await {
+                Ok(()) => {}
+                Err(Unwritten::Refused) if reused => {
                     tracing::debug!("pooled upstream connection was closed; retrying on a new one");
-                    req = *back;
+                    continue;
                 }
-                Err(Unsent::Back(_)) => return Err(SendError::Closed),
-                Err(Unsent::Failed(e)) => return Err(e),
+                Err(Unwritten::Refused) => return Err(SendError::Closed),
+                Err(Unwritten::Failed(e)) => return Err(SendError::Io(e)),
+            }
+            // Written: what the upstream does with it is its answer, not a reason to resend.
+            drop(head);
+            let parsed = read_head(&mut conn).await?;
+            let (parts, ()) = parsed.response.into_parts();
+            let decoder = Decoder::new(parsed.body);
+            let mut body = DrivenBody {
+                conn: Some(conn),
+                decoder,
+                keep_alive: parsed.keep_alive,
+                pool: self.inner.clone(),
+            };
+            body.release_if_done();
+            return Ok(Response::from_parts(parts, body));
+        }
+    }
+}
+
+/// A request that did not go out.
+enum Unwritten {
+    /// Not one byte was accepted: the upstream had closed the connection.
+    Refused,
+    Failed(io::Error),
+}
+
+/// Writes head and body, in one system call when the socket takes them.
+async fn write_request(io: &mut TcpStream, head: &[u8], body: &[u8]) -> Result<(), Unwritten> {
+    let (mut head, mut body) = (head, body);
+    let mut written = 0usize;
+    while !head.is_empty() || !body.is_empty() {
+        let slices = [io::IoSlice::new(head), io::IoSlice::new(body)];
+        let n = match io.write_vectored(&slices).await {
+            Ok(0) if written == 0 => return Err(Unwritten::Refused),
+            Ok(0) => return Err(Unwritten::Failed(io::Error::from(io::ErrorKind::WriteZero))),
+            Ok(n) => n,
+            Err(e) if written == 0 && refused(&e) => return Err(Unwritten::Refused),
+            Err(e) => return Err(Unwritten::Failed(e)),
+        };
+        written += n;
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    Ok(())
+}
+
+/// An error that means the peer had closed the connection.
+fn refused(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Reads until a final response head is complete.
+async fn read_head(conn: &mut Conn) -> Result<http1_codec::Head, SendError> {
+    loop {
+        if !conn.buf.is_empty() {
+            if let Some(head) =
+                http1_codec::parse_head(&mut conn.buf).map_err(SendError::Malformed)?
+            {
+                return Ok(head);
             }
         }
-    }
-}
-
-/// A request that got no response head.
-enum Unsent {
-    /// Not written: it may go out on another connection.
-    Back(Box<Request<Full<Bytes>>>),
-    Failed(SendError),
-}
-
-/// Polls the connection and the pending response together until the head arrives; also tells
-/// whether the connection ended in the same poll (a bodiless answer before a close).
-async fn drive_until_head<F>(conn: &mut Conn, sent: F) -> Result<(Response<Incoming>, bool), Unsent>
-where
-    F: Future<
-        Output = Result<
-            Response<Incoming>,
-            hyper::client::conn::TrySendError<Request<Full<Bytes>>>,
-        >,
-    >,
-{
-    let mut sent = std::pin::pin!(sent);
-    std::future::poll_fn(|cx| {
-        let io = Pin::new(&mut conn.io).poll(cx);
-        if let Poll::Ready(result) = sent.as_mut().poll(cx) {
-            let ended = io.is_ready();
-            return Poll::Ready(result.map(|resp| (resp, ended)).map_err(|mut e| {
-                match e.take_message() {
-                    Some(req) => Unsent::Back(Box::new(req)),
-                    None => Unsent::Failed(SendError::Http(e.into_error())),
+        let n = std::future::poll_fn(|cx| poll_fill(&mut conn.io, &mut conn.buf, cx))
+            .await
+            .map_err(|e| {
+                if refused(&e) {
+                    SendError::Closed
+                } else {
+                    SendError::Io(e)
                 }
-            }));
+            })?;
+        if n == 0 {
+            return Err(SendError::Closed);
         }
-        match io {
-            // hyper answers a pending request before its connection ends; this is a fallback.
-            Poll::Ready(Err(e)) => Poll::Ready(Err(Unsent::Failed(SendError::Http(e)))),
-            Poll::Ready(Ok(())) => Poll::Ready(Err(Unsent::Failed(SendError::Closed))),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await
-}
-
-/// The calling thread's idle queue: one per worker, and one for every other thread.
-fn shard() -> usize {
-    workers::current().map_or(0, |w| w + 1)
-}
-
-/// Rewrites an absolute URI to its path and query (origin form).
-fn origin_form(req: &mut Request<Full<Bytes>>) {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    if let Ok(uri) = path.parse::<Uri>() {
-        *req.uri_mut() = uri;
     }
+}
+
+/// Reads what the socket has (at most [`READ_CHUNK`]) and appends it to `buf`; `Ok(0)` at end
+/// of stream. The read goes through the stack so that a connection waiting for its next bytes
+/// holds no buffer.
+fn poll_fill(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut read = ReadBuf::uninit(&mut scratch);
+    std::task::ready!(Pin::new(io).poll_read(cx, &mut read))?;
+    let filled = read.filled();
+    buf.extend_from_slice(filled);
+    Poll::Ready(Ok(filled.len()))
 }
 
 // === impl Inner ===
 
 impl Inner {
-    /// The most recently used idle connection that is still open, if any.
-    fn checkout(&self) -> Option<Box<Conn>> {
+    /// The most recently used idle connection of this worker that is still open, if any.
+    fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
         loop {
             let candidate = {
@@ -275,20 +297,19 @@ impl Inner {
                 }
                 idle.pop_back()?
             };
-            let mut conn = candidate.conn;
-            // Polled by nobody while idle: let it notice a close the upstream sent meanwhile.
-            let waker = futures_util::task::noop_waker();
-            let mut cx = Context::from_waker(&waker);
-            if Pin::new(&mut conn.io).poll(&mut cx).is_ready() || !conn.send.is_ready() {
-                continue;
+            // An idle connection has nothing to say: anything readable is a close (or bytes the
+            // upstream should not have sent), and the connection is not used.
+            let mut probe = [0u8; 1];
+            match candidate.conn.io.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(candidate.conn),
+                _ => continue,
             }
-            return Some(conn);
         }
     }
 
-    async fn connect(&self) -> Result<Box<Conn>, SendError> {
+    async fn connect(&self) -> Result<Conn, SendError> {
         let connecting = TcpStream::connect((self.host.as_str(), self.port));
-        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
+        let io = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Err(_) => {
                 return Err(SendError::Connect(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -296,20 +317,19 @@ impl Inner {
                 )))
             }
             Ok(Err(e)) => return Err(SendError::Connect(e)),
-            Ok(Ok(stream)) => stream,
+            Ok(Ok(io)) => io,
         };
-        let _ = stream.set_nodelay(true);
-        let (send, io) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Http)?;
-        Ok(Box::new(Conn { send, io }))
+        let _ = io.set_nodelay(true);
+        Ok(Conn {
+            io,
+            buf: BytesMut::new(),
+        })
     }
 
     /// Takes back a connection whose response was read to the end.
-    fn checkin(&self, mut conn: Box<Conn>, cx: &mut Context<'_>) {
-        // Let the state machine finish the response and go idle; one that ended is not kept.
-        if Pin::new(&mut conn.io).poll(cx).is_ready() || conn.send.is_closed() {
+    fn checkin(&self, conn: Conn) {
+        if !conn.buf.is_empty() {
+            // Bytes beyond the response: the connection is out of step with the upstream.
             return;
         }
         let Ok(mut shards) = self.idle.lock() else {
@@ -330,59 +350,97 @@ impl Inner {
     }
 }
 
+/// The calling thread's idle queue: one per worker, and one for every other thread.
+fn shard() -> usize {
+    workers::current().map_or(0, |w| w + 1)
+}
+
 // === impl DrivenBody ===
+
+impl DrivenBody {
+    /// At the end of the body: the connection goes back to the pool, or is closed.
+    fn release_if_done(&mut self) {
+        if !self.decoder.is_done() {
+            return;
+        }
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive {
+                self.pool.checkin(conn);
+            }
+        }
+    }
+}
 
 impl Body for DrivenBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        for _ in 0..DRIVE_ROUNDS {
-            if let Some(conn) = &mut this.conn {
-                if Pin::new(&mut conn.io).poll(cx).is_ready() {
-                    // Ended (an error or a close): what was decoded is still in the body.
-                    this.conn = None;
-                }
-            }
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Ready(None) => {
-                    if let Some(conn) = this.conn.take() {
-                        this.pool.checkin(conn, cx);
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.decoder.decode(&mut conn.buf) {
+                Ok(Decoded::Data(data)) => {
+                    if conn.buf.is_empty() {
+                        // Release the read allocation (the frame keeps what it needs of it).
+                        conn.buf = BytesMut::new();
                     }
+                    this.release_if_done();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.release_if_done();
                     return Poll::Ready(None);
                 }
-                Poll::Ready(frame) => return Poll::Ready(frame),
-                Poll::Pending if this.conn.is_none() => return Poll::Pending,
-                Poll::Pending => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(BodyError::Malformed(e))));
+                }
+                Ok(Decoded::More) => {}
+            }
+            match poll_fill(&mut conn.io, &mut conn.buf, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    this.keep_alive = false;
+                    let ended = this.decoder.at_eof();
+                    this.conn = None;
+                    return Poll::Ready((!ended).then_some(Err(BodyError::Truncated)));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(BodyError::Io(e))));
+                }
             }
         }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.decoder.is_done() || self.conn.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
 impl Drop for DrivenBody {
     fn drop(&mut self) {
-        // A body read to its end already gave its connection back. One that is dropped with its
-        // end already decoded can still go back; anything else is closed with the connection.
-        if self.body.is_end_stream() {
-            if let Some(conn) = self.conn.take() {
-                let waker = futures_util::task::noop_waker();
-                let mut cx = Context::from_waker(&waker);
-                self.pool.checkin(conn, &mut cx);
-            }
-        }
+        // A body dropped with its end already read can still give its connection back: decode
+        // what is buffered, without reading the socket.
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        while let Ok(Decoded::Data(_)) = self.decoder.decode(&mut conn.buf) {}
+        self.release_if_done();
     }
 }
 
@@ -404,11 +462,11 @@ mod tests {
         )
     }
 
-    fn chat(mock: &MockUpstream) -> Request<Full<Bytes>> {
+    fn chat(mock: &MockUpstream) -> Request<Bytes> {
         let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
         Request::post(format!("{}/chat/completions", mock.base_url()))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .body(Bytes::from_static(body.as_bytes()))
             .unwrap()
     }
 
@@ -446,11 +504,32 @@ mod tests {
     async fn a_body_dropped_before_its_end_closes_its_connection() {
         let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
         let pool = pool_for(&mock);
-        let resp = pool.send(chat(&mock)).await.unwrap();
+        let mut req = chat(&mock);
+        // One token, then the stream stays open: the end is never read.
+        req.headers_mut()
+            .insert("x-mock-fault", HeaderValue::from_static("stall:1"));
+        let resp = pool.send(req).await.unwrap();
         drop(resp);
         assert_eq!(pool.idle_count(), 0);
         read_all(pool.send(chat(&mock)).await.unwrap()).await;
         assert_eq!(mock.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_with_its_end_already_read_gives_its_connection_back() {
+        let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+        let pool = pool_for(&mock);
+        let mut resp = pool.send(chat(&mock)).await.unwrap();
+        // Read until `[DONE]`, as the SSE reader does, then drop without polling for the end.
+        let mut seen = Vec::new();
+        while !seen.windows(6).any(|w| w == b"[DONE]") {
+            let frame = resp.body_mut().frame().await.unwrap().unwrap();
+            seen.extend_from_slice(frame.data_ref().unwrap());
+        }
+        drop(resp);
+        assert_eq!(pool.idle_count(), 1);
+        read_all(pool.send(chat(&mock)).await.unwrap()).await;
+        assert_eq!(mock.connections(), 1);
     }
 
     #[tokio::test]
@@ -478,7 +557,7 @@ mod tests {
             8,
         );
         let req = Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-            .body(Full::new(Bytes::new()))
+            .body(Bytes::new())
             .unwrap();
         match pool.send(req).await {
             Err(SendError::Connect(e)) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused),
@@ -535,7 +614,7 @@ mod tests {
         );
         let get = || {
             Request::get(format!("http://{addr}/"))
-                .body(Full::new(Bytes::new()))
+                .body(Bytes::new())
                 .unwrap()
         };
         let resp = pool.send(get()).await.unwrap();

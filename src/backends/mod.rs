@@ -7,6 +7,7 @@
 //! local generation stops at its next token.
 
 pub mod candle;
+pub mod http1_codec;
 pub mod http1_pool;
 pub mod openai;
 pub mod sse_parser;

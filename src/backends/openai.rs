@@ -90,6 +90,9 @@ enum Transport {
     Driven(Http1Pool),
 }
 
+/// Why an upstream body could not be read, from either transport.
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// An upstream response body from either transport.
 enum UpstreamBody {
     Shared(Incoming),
@@ -156,7 +159,7 @@ struct WireUsage {
 enum ReadError {
     Timeout(TimeoutPhase),
     TooLarge,
-    Read(hyper::Error),
+    Read(BodyError),
 }
 
 // === impl OpenAiBackend ===
@@ -243,7 +246,7 @@ impl OpenAiBackend {
     }
 
     /// The upstream request: the client's body with `model` and streaming rewritten.
-    fn upstream_request(&self, req: BackendRequest) -> Result<Request<Full<Bytes>>> {
+    fn upstream_request(&self, req: BackendRequest) -> Result<Request<Bytes>> {
         let BackendRequest {
             model,
             mut request,
@@ -270,7 +273,7 @@ impl OpenAiBackend {
             builder = builder.header(X_REQUEST_ID, id);
         }
         builder
-            .body(Full::new(Bytes::from(body)))
+            .body(Bytes::from(body))
             .map_err(|e| Error::Internal(format!("building the upstream request: {e}")))
     }
 }
@@ -392,11 +395,11 @@ enum SendFailure {
 impl Transport {
     async fn send(
         self,
-        request: Request<Full<Bytes>>,
+        request: Request<Bytes>,
     ) -> std::result::Result<Response<UpstreamBody>, SendFailure> {
         match self {
             Transport::Shared(client) => client
-                .request(request)
+                .request(request.map(Full::new))
                 .await
                 .map(|r| r.map(UpstreamBody::Shared))
                 .map_err(SendFailure::Shared),
@@ -413,6 +416,10 @@ impl SendFailure {
     fn into_error(self, backend: &str) -> Error {
         match self {
             SendFailure::Shared(e) => request_error(backend, &e, e.is_connect()),
+            SendFailure::Driven(SendError::Malformed(e)) => {
+                tracing::debug!(backend, error = %e, "upstream response is not HTTP/1.1");
+                protocol(backend, "the upstream sent an invalid HTTP response")
+            }
             SendFailure::Driven(e) => {
                 let connect = matches!(e, SendError::Connect(_));
                 request_error(backend, &e, connect)
@@ -425,15 +432,15 @@ impl SendFailure {
 
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            UpstreamBody::Shared(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::Driven(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Shared(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            UpstreamBody::Driven(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
         }
     }
 
@@ -787,8 +794,8 @@ fn request_error(backend: &str, e: &(dyn std::error::Error + 'static), connect: 
 
 /// Maps a failure while reading a body: the connection went away (reset, truncated chunked
 /// encoding, HTTP/2 reset) before the answer was complete.
-fn body_error(backend: &str, e: &hyper::Error) -> Error {
-    tracing::debug!(backend, error = %chain(e), "upstream body failed");
+fn body_error(backend: &str, e: &BodyError) -> Error {
+    tracing::debug!(backend, error = %chain(e.as_ref()), "upstream body failed");
     Error::UpstreamClosed {
         backend: backend.to_owned(),
     }

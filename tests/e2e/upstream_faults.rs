@@ -213,3 +213,90 @@ async fn readiness_follows_the_upstream() {
     assert_eq!(v["backends"]["up"]["ready"], true);
     assert_eq!(v["backends"]["down"]["ready"], false);
 }
+
+/// An upstream on a raw socket that reads one request head and writes `answer` on each
+/// connection, then closes.
+async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket.write_all(answer).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+async fn gateway_for(addr: std::net::SocketAddr) -> TestGateway {
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[backends.raw]
+type = "openai"
+base_url = "http://{addr}/v1"
+
+[models.m]
+backend = "raw"
+retry = {{ attempts = 1 }}
+"#
+    );
+    TestGateway::start(&config, vec![]).await
+}
+
+#[tokio::test]
+async fn an_upstream_that_does_not_speak_http_is_a_protocol_error() {
+    let addr = raw_upstream(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+    let gw = gateway_for(addr).await;
+    for stream in [true, false] {
+        let r = chat(&gw, &body("m", stream)).await;
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "upstream_protocol_error");
+    }
+    gw.idle().await;
+}
+
+#[tokio::test]
+async fn chunk_extensions_trailers_and_split_chunks_reach_the_client_intact() {
+    // Hand-written framing: an informational head first, an extension on a chunk size, one
+    // event split over two chunks, and a trailer field at the end.
+    let first = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n";
+    let (second_a, second_b) = (
+        "data: {\"choices\":[{\"index\":",
+        "0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":null}]}\n\n",
+    );
+    let done = "data: [DONE]\n\n";
+    let mut answer = String::from(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    );
+    answer += &format!("{:x};ext=1\r\n{first}\r\n", first.len());
+    for piece in [second_a, second_b, done] {
+        answer += &format!("{:X}\r\n{piece}\r\n", piece.len());
+    }
+    answer += "0\r\nx-checksum: 1\r\n\r\n";
+    let answer: &'static [u8] = Box::leak(answer.into_bytes().into_boxed_slice());
+    let addr = raw_upstream(answer).await;
+    let gw = gateway_for(addr).await;
+    let r = chat(&gw, &body("m", true)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events = r.events();
+    assert_eq!(content(&events), "Hello");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let r = chat(&gw, &body("m", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "Hello");
+    gw.idle().await;
+}
