@@ -46,6 +46,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::http1_pool::{DrivenBody, Http1Pool, SendError};
 use super::sse_parser::{SseEvent, SseParser, DEFAULT_MAX_EVENT_BYTES};
+use super::wire_delta::WireDelta;
 use super::{Backend, BackendRequest, ChatFuture, EventStream, Readiness};
 use crate::api::types::{BackendEvent, ChoiceDelta, StreamOptions, Usage};
 use crate::config::OpenAiConfig;
@@ -136,10 +137,10 @@ struct WireChoice {
     index: u32,
     /// `delta` in a chunk.
     #[serde(default)]
-    delta: Option<Map<String, Value>>,
+    delta: Option<WireDelta>,
     /// `message` in a non-streaming completion.
     #[serde(default)]
-    message: Option<Map<String, Value>>,
+    message: Option<WireDelta>,
     #[serde(default)]
     finish_reason: Option<String>,
 }
@@ -631,27 +632,15 @@ fn chunk_events(chunk: WireChunk, out: &mut VecDeque<BackendEvent>) {
 
 /// A delta from a wire object: `role` and `content` are read, every other non-null field is
 /// passed through (`null` carries no increment).
-fn delta_from(
-    index: u32,
-    fields: Option<Map<String, Value>>,
-    finish_reason: Option<String>,
-) -> ChoiceDelta {
-    let mut delta = ChoiceDelta {
+fn delta_from(index: u32, fields: Option<WireDelta>, finish_reason: Option<String>) -> ChoiceDelta {
+    let fields = fields.unwrap_or_default();
+    ChoiceDelta {
         index,
+        role: fields.role,
+        content: fields.content,
         finish_reason,
-        ..ChoiceDelta::default()
-    };
-    for (key, value) in fields.unwrap_or_default() {
-        match (key.as_str(), value) {
-            (_, Value::Null) => {}
-            ("role", Value::String(s)) => delta.role = Some(s),
-            ("content", Value::String(s)) => delta.content = Some(s),
-            (_, value) => {
-                delta.extra.insert(key, value);
-            }
-        }
+        extra: fields.extra,
     }
-    delta
 }
 
 /// The events of a non-streaming `chat.completion`: per choice, one delta with the message and

@@ -114,7 +114,7 @@ impl SseParser {
                 input = &input[1..];
             }
         }
-        while let Some(pos) = input.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(pos) = memchr::memchr2(b'\n', b'\r', input) {
             let (part, eol, mut rest) = (&input[..pos], input[pos], &input[pos + 1..]);
             if self.line.is_empty() {
                 self.process_line(part, out)?;
@@ -186,7 +186,7 @@ impl SseParser {
         if line[0] == b':' {
             return Ok(());
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(colon) => {
                 let value = &line[colon + 1..];
                 (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
