@@ -15,11 +15,10 @@
 //! the write side (FIN after the response), then reads and discards what the client still sends
 //! until it closes, for at most [`LINGER_TIME`] and [`LINGER_BYTES`] (nginx's lingering close).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
-use std::future::Future;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};

@@ -256,15 +256,14 @@ impl Decoder {
             match self.state {
                 State::Done => return Ok(Decoded::End),
                 State::Length(n) => {
-                    if buf.is_empty() {
+                    let Some((data, rest)) = take_up_to(buf, n) else {
                         return Ok(Decoded::More);
-                    }
-                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
-                    self.state = match n - take as u64 {
+                    };
+                    self.state = match rest {
                         0 => State::Done,
                         rest => State::Length(rest),
                     };
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 State::UntilClose => {
                     if buf.is_empty() {
@@ -284,15 +283,14 @@ impl Decoder {
                     };
                 }
                 State::ChunkData(n) => {
-                    if buf.is_empty() {
+                    let Some((data, rest)) = take_up_to(buf, n) else {
                         return Ok(Decoded::More);
-                    }
-                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
-                    self.state = match n - take as u64 {
+                    };
+                    self.state = match rest {
                         0 => State::ChunkEnd,
                         rest => State::ChunkData(rest),
                     };
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 State::ChunkEnd => match buf.first() {
                     None => return Ok(Decoded::More),
@@ -331,6 +329,16 @@ impl Decoder {
         }
         self.state == State::Done
     }
+}
+
+/// Takes what `buf` holds of the next `n` body bytes, and how many are still to come; `None`
+/// when `buf` is empty.
+fn take_up_to(buf: &mut BytesMut, n: u64) -> Option<(Bytes, u64)> {
+    if buf.is_empty() {
+        return None;
+    }
+    let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+    Some((buf.split_to(take).freeze(), n - take as u64))
 }
 
 /// Takes one line (without its CRLF or LF) from the front of `buf`; `None` when it is not

@@ -92,7 +92,7 @@ enum Transport {
 }
 
 /// Why an upstream body could not be read, from either transport.
-type BodyError = Box<dyn std::error::Error + Send + Sync>;
+type UpstreamBodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An upstream response body from either transport.
 enum UpstreamBody {
@@ -160,7 +160,7 @@ struct WireUsage {
 enum ReadError {
     Timeout(TimeoutPhase),
     TooLarge,
-    Read(BodyError),
+    Read(UpstreamBodyError),
 }
 
 // === impl OpenAiBackend ===
@@ -433,15 +433,15 @@ impl SendFailure {
 
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = BodyError;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, BodyError>>> {
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, UpstreamBodyError>>> {
         match self.get_mut() {
-            UpstreamBody::Shared(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
-            UpstreamBody::Driven(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            UpstreamBody::Shared(b) => Pin::new(b).poll_frame(cx).map_err(UpstreamBodyError::from),
+            UpstreamBody::Driven(b) => Pin::new(b).poll_frame(cx).map_err(UpstreamBodyError::from),
         }
     }
 
@@ -783,7 +783,7 @@ fn request_error(backend: &str, e: &(dyn std::error::Error + 'static), connect: 
 
 /// Maps a failure while reading a body: the connection went away (reset, truncated chunked
 /// encoding, HTTP/2 reset) before the answer was complete.
-fn body_error(backend: &str, e: &BodyError) -> Error {
+fn body_error(backend: &str, e: &UpstreamBodyError) -> Error {
     tracing::debug!(backend, error = %chain(e.as_ref()), "upstream body failed");
     Error::UpstreamClosed {
         backend: backend.to_owned(),
