@@ -16,6 +16,7 @@ use sluice::api::types::ChoiceDelta;
 use sluice::api::validate;
 use sluice::audit::AuditLog;
 use sluice::backends::sse_parser::SseParser;
+use sluice::backends::wire_chunk::WireChunk;
 use sluice::config::Config;
 use sluice::limits::RateLimits;
 use sluice::metrics::Metrics;
@@ -112,6 +113,22 @@ fn sse_parse(c: &mut Criterion) {
             }
             events.len()
         })
+    });
+    g.finish();
+}
+
+/// One token's chunk as OpenAI sends it (id, fingerprint, logprobs and all).
+const OPENAI_CHUNK: &str = r#"{"id":"chatcmpl-AbCdEfGhIjKlMnOpQrStUvWxYz012","object":"chat.completion.chunk","created":1733000000,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_0ba0d124f1","choices":[{"index":0,"delta":{"content":" world"},"logprobs":null,"finish_reason":null}],"usage":null}"#;
+
+fn chunk_decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("chunk_decode");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("wire_chunk_parse", |b| {
+        b.iter(|| WireChunk::parse(black_box(OPENAI_CHUNK)).unwrap())
+    });
+    // Naive: the same typed struct through serde_json alone.
+    g.bench_function("serde_json_typed", |b| {
+        b.iter(|| serde_json::from_str::<WireChunk>(black_box(OPENAI_CHUNK)).unwrap())
     });
     g.finish();
 }
@@ -256,6 +273,7 @@ criterion_group!(
     benches,
     sse_encode,
     sse_parse,
+    chunk_decode,
     decode_validate,
     rate_limit,
     routing,

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::types::{ChoiceDelta, Usage};
@@ -19,61 +18,22 @@ pub const DONE: &[u8] = b"data: [DONE]\n\n";
 pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 /// Renders deltas of one response as SSE chunk events.
+///
+/// Every chunk of a response repeats its id, creation time and model; that part of the JSON is
+/// rendered once, at construction, and each delta writes only what differs (index, delta fields,
+/// finish reason). The bytes are exactly what serialising the whole chunk would give.
 #[derive(Debug, Clone)]
 pub struct ChunkEncoder {
     id: String,
-    created: u64,
-    model: String,
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,
+    /// "system_fingerprint":null,"choices":[`
+    prefix: Box<[u8]>,
     include_usage: bool,
 }
 
-#[derive(Serialize)]
-struct Chunk<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    system_fingerprint: Option<&'a str>,
-    choices: &'a [ChunkChoice<'a>],
-    #[serde(skip_serializing_if = "Skip::skip")]
-    usage: Skip<Option<&'a Usage>>,
-}
-
-/// A field that is either absent or present (possibly as `null`).
-struct Skip<T> {
-    present: bool,
-    value: T,
-}
-
-impl<T> Skip<T> {
-    fn skip(&self) -> bool {
-        !self.present
-    }
-}
-
-impl<T: Serialize> Serialize for Skip<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.value.serialize(s)
-    }
-}
-
-#[derive(Serialize)]
-struct ChunkChoice<'a> {
-    index: u32,
-    delta: DeltaBody<'a>,
-    logprobs: Option<()>,
-    finish_reason: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct DeltaBody<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
-    #[serde(flatten)]
-    extra: &'a Map<String, Value>,
-}
+/// What closes a chunk with choices: no `usage` key, or `"usage":null` when usage was asked for.
+const CLOSE: &[u8] = b"]}\n\n";
+const CLOSE_NULL_USAGE: &[u8] = b"],\"usage\":null}\n\n";
 
 // === impl ChunkEncoder ===
 
@@ -85,10 +45,19 @@ impl ChunkEncoder {
         model: impl Into<String>,
         include_usage: bool,
     ) -> Self {
+        let id = id.into();
+        let model = model.into();
+        let mut prefix = Vec::with_capacity(128 + id.len() + model.len());
+        prefix.extend_from_slice(b"data: {\"id\":");
+        json_str(&mut prefix, &id);
+        prefix.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        prefix.extend_from_slice(itoa::Buffer::new().format(created).as_bytes());
+        prefix.extend_from_slice(b",\"model\":");
+        json_str(&mut prefix, &model);
+        prefix.extend_from_slice(b",\"system_fingerprint\":null,\"choices\":[");
         ChunkEncoder {
-            id: id.into(),
-            created,
-            model: model.into(),
+            id,
+            prefix: prefix.into_boxed_slice(),
             include_usage,
         }
     }
@@ -100,56 +69,94 @@ impl ChunkEncoder {
 
     /// `data: {chunk}\n\n` for one delta.
     pub fn delta(&self, d: &ChoiceDelta) -> Bytes {
-        let choices = [ChunkChoice {
-            index: d.index,
-            delta: DeltaBody {
-                role: d.role.as_deref(),
-                content: d.content.as_deref(),
-                extra: &d.extra,
-            },
-            logprobs: None,
-            finish_reason: d.finish_reason.as_deref(),
-        }];
-        self.frame(
-            &choices,
-            Skip {
-                present: self.include_usage,
-                value: None,
-            },
-        )
+        let text =
+            d.role.as_ref().map_or(0, String::len) + d.content.as_ref().map_or(0, String::len);
+        let mut out = Vec::with_capacity(self.prefix.len() + 112 + text + text / 8);
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(b"{\"index\":");
+        out.extend_from_slice(itoa::Buffer::new().format(d.index).as_bytes());
+        out.extend_from_slice(b",\"delta\":{");
+        let mut first = true;
+        let mut field = |out: &mut Vec<u8>, key: &str| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            json_str(out, key);
+            out.push(b':');
+        };
+        if let Some(role) = &d.role {
+            field(&mut out, "role");
+            json_str(&mut out, role);
+        }
+        if let Some(content) = &d.content {
+            field(&mut out, "content");
+            json_str(&mut out, content);
+        }
+        for (key, value) in &d.extra {
+            field(&mut out, key);
+            // Serialising a JSON value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, value);
+        }
+        out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
+        match &d.finish_reason {
+            Some(reason) => json_str(&mut out, reason),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+        out.extend_from_slice(if self.include_usage {
+            CLOSE_NULL_USAGE
+        } else {
+            CLOSE
+        });
+        Bytes::from(out)
     }
 
     /// The last chunk: no choices, only usage. Sent only when usage was asked for.
     pub fn usage(&self, usage: &Usage) -> Bytes {
-        self.frame(
-            &[],
-            Skip {
-                present: true,
-                value: Some(usage),
-            },
-        )
-    }
-
-    fn frame(&self, choices: &[ChunkChoice<'_>], usage: Skip<Option<&Usage>>) -> Bytes {
-        let chunk = Chunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            system_fingerprint: None,
-            choices,
-            usage,
-        };
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(b"data: ");
-        // Serialising borrowed strings and numbers into a Vec cannot fail.
-        if serde_json::to_writer(&mut out, &chunk).is_err() {
-            out.truncate(6);
-            out.extend_from_slice(b"{}");
-        }
-        out.extend_from_slice(b"\n\n");
+        let mut out = Vec::with_capacity(self.prefix.len() + 112);
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(b"],\"usage\":");
+        // Serialising three integers into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, usage);
+        out.extend_from_slice(b"}\n\n");
         Bytes::from(out)
     }
+}
+
+/// Writes `s` as a JSON string, escaped as serde_json escapes: `"` and `\`, the short forms
+/// `\b \t \n \f \r`, other control characters as `\u00XX`; everything else as is.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&bytes[run..i]);
+        run = i + 1;
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+        }
+    }
+    out.extend_from_slice(&bytes[run..]);
+    out.push(b'"');
 }
 
 /// Folds deltas into one non-streaming `chat.completion`.
@@ -296,6 +303,114 @@ fn merge_tool_calls(acc: &mut BTreeMap<u64, Value>, fragments: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chunk as serialising it whole gives it: what the encoder must match byte for byte.
+    mod reference {
+        use serde::Serialize;
+        use serde_json::{Map, Value};
+
+        use crate::api::types::{ChoiceDelta, Usage};
+
+        #[derive(Serialize)]
+        struct Chunk<'a> {
+            id: &'a str,
+            object: &'static str,
+            created: u64,
+            model: &'a str,
+            system_fingerprint: Option<&'a str>,
+            choices: &'a [ChunkChoice<'a>],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            usage: Option<Option<&'a Usage>>,
+        }
+
+        #[derive(Serialize)]
+        struct ChunkChoice<'a> {
+            index: u32,
+            delta: DeltaBody<'a>,
+            logprobs: Option<()>,
+            finish_reason: Option<&'a str>,
+        }
+
+        #[derive(Serialize)]
+        struct DeltaBody<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            role: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            content: Option<&'a str>,
+            #[serde(flatten)]
+            extra: &'a Map<String, Value>,
+        }
+
+        pub fn frame(
+            id: &str,
+            created: u64,
+            model: &str,
+            delta: Option<&ChoiceDelta>,
+            usage: Option<Option<&Usage>>,
+        ) -> Vec<u8> {
+            let choices: Vec<ChunkChoice<'_>> = delta
+                .map(|d| ChunkChoice {
+                    index: d.index,
+                    delta: DeltaBody {
+                        role: d.role.as_deref(),
+                        content: d.content.as_deref(),
+                        extra: &d.extra,
+                    },
+                    logprobs: None,
+                    finish_reason: d.finish_reason.as_deref(),
+                })
+                .into_iter()
+                .collect();
+            let chunk = Chunk {
+                id,
+                object: "chat.completion.chunk",
+                created,
+                model,
+                system_fingerprint: None,
+                choices: &choices,
+                usage,
+            };
+            let mut out = b"data: ".to_vec();
+            out.extend_from_slice(&serde_json::to_vec(&chunk).unwrap());
+            out.extend_from_slice(b"\n\n");
+            out
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encoder_bytes_equal_whole_serialisation(
+            id in "\\PC{0,12}",
+            model in "[\\x00-\\x7f]{0,8}|\\PC{0,8}",
+            created in proptest::prelude::any::<u64>(),
+            index in 0u32..4,
+            role in proptest::option::of("\\PC{0,6}"),
+            content in proptest::option::of("[\\x00-\\x7f\"\\\\]{0,24}|\\PC{0,24}"),
+            finish in proptest::option::of("[a-z_\"]{0,8}"),
+            extra_key in proptest::option::of("[a-z\\n\"]{1,6}"),
+            include_usage in proptest::prelude::any::<bool>(),
+        ) {
+            let enc = ChunkEncoder::new(id.clone(), created, model.clone(), include_usage);
+            let mut d = ChoiceDelta {
+                index,
+                role,
+                content,
+                finish_reason: finish,
+                ..Default::default()
+            };
+            if let Some(k) = extra_key {
+                d.extra.insert(k, serde_json::json!([{"index": 0, "a": "x\ny"}, null, 1.5]));
+            }
+            let usage_key = include_usage.then_some(None);
+            let want = reference::frame(&id, created, &model, Some(&d), usage_key);
+            let got = enc.delta(&d);
+            proptest::prop_assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+            let u = Usage::new(created % 1000, u64::from(index));
+            let want = reference::frame(&id, created, &model, None, Some(Some(&u)));
+            let got = enc.usage(&u);
+            proptest::prop_assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+        }
+    }
 
     fn delta(content: &str) -> ChoiceDelta {
         ChoiceDelta {

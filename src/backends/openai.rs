@@ -40,15 +40,15 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::time::{Instant, Sleep};
 
 use super::http1_pool::{DrivenBody, Http1Pool, SendError};
 use super::sse_parser::{SseEvent, SseParser, DEFAULT_MAX_EVENT_BYTES};
+use super::wire_chunk::WireChunk;
 use super::wire_delta::WireDelta;
 use super::{Backend, BackendRequest, ChatFuture, EventStream, Readiness};
-use crate::api::types::{BackendEvent, ChoiceDelta, StreamOptions, Usage};
+use crate::api::types::{BackendEvent, ChoiceDelta, StreamOptions};
 use crate::config::OpenAiConfig;
 use crate::error::{Error, Result, TimeoutPhase};
 use crate::idle_timer::IdleTimer;
@@ -118,42 +118,6 @@ struct SseEvents {
     finished: bool,
     idle: IdleTimer,
     total: Pin<Box<Sleep>>,
-}
-
-/// One `chat.completion.chunk`, reduced to what the gateway reads.
-#[derive(Deserialize)]
-struct WireChunk {
-    #[serde(default)]
-    choices: Vec<WireChoice>,
-    #[serde(default)]
-    usage: Option<WireUsage>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct WireChoice {
-    #[serde(default)]
-    index: u32,
-    /// `delta` in a chunk.
-    #[serde(default)]
-    delta: Option<WireDelta>,
-    /// `message` in a non-streaming completion.
-    #[serde(default)]
-    message: Option<WireDelta>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-/// Usage as upstreams send it: some omit `total_tokens`, newer ones add detail objects.
-#[derive(Deserialize)]
-struct WireUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    total_tokens: Option<u64>,
 }
 
 /// Why reading a whole body failed.
@@ -502,7 +466,7 @@ impl SseEvents {
         if data.is_empty() {
             return;
         }
-        match serde_json::from_str::<WireChunk>(data) {
+        match WireChunk::parse(data) {
             Ok(chunk) if chunk.error.is_some() => {
                 tracing::warn!(backend = %self.backend, "upstream sent an error object mid-stream");
                 self.fail(protocol(&self.backend, "the upstream reported an error"));
@@ -672,18 +636,6 @@ fn completion_events(bytes: &[u8]) -> Option<Vec<BackendEvent>> {
         out.push(BackendEvent::Usage(u.into()));
     }
     Some(out)
-}
-
-impl From<WireUsage> for Usage {
-    fn from(u: WireUsage) -> Self {
-        Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            total_tokens: u
-                .total_tokens
-                .unwrap_or(u.prompt_tokens + u.completion_tokens),
-        }
-    }
 }
 
 // === helpers ===
@@ -863,6 +815,7 @@ async fn read_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::types::Usage;
 
     #[test]
     fn chat_uri_appends_to_the_base_path() {
