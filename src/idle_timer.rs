@@ -39,6 +39,11 @@ impl IdleTimer {
         self.last = Instant::now();
     }
 
+    /// Records activity at `now`, a time the caller has just read anyway.
+    pub fn touch_at(&mut self, now: std::time::Instant) {
+        self.last = Instant::from_std(now);
+    }
+
     /// Ready once `period` has passed without a touch; it then restarts from now, so a stream
     /// that stays silent gets one firing per period.
     pub fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {

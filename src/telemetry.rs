@@ -2,7 +2,20 @@
 //!
 //! The access log (target `sluice::access`) has one line per finished request. No field anywhere
 //! carries message contents, API keys or Authorization headers.
+//!
+//! Lines go to standard error through a duplicate of its descriptor rather than through
+//! `std::io::stderr()`. The formatter renders each line into a buffer first, so a line is one
+//! `write(2)` either way; but `Stderr` takes a process-wide lock around that write, and with one
+//! serving thread per core writing an access line per request, a thread that finds the lock held
+//! sleeps on a futex and is woken by the holder: a context switch per collision, under load many
+//! times more costly than the write itself. The kernel keeps each write of a line whole.
 
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -14,10 +27,120 @@ pub fn init(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .with_writer(LineWriter::stderr());
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
+}
+
+/// Writes each formatted line straight to standard error, without `Stderr`'s lock.
+#[derive(Clone)]
+pub struct LineWriter {
+    /// A duplicate of descriptor 2; `None` if it could not be duplicated (then `Stderr` is used).
+    file: Option<Arc<File>>,
+}
+
+/// The writer for one line.
+pub enum Line<'a> {
+    File(&'a File),
+    Stderr(io::Stderr),
+}
+
+// === impl LineWriter ===
+
+impl LineWriter {
+    /// A writer to this process's standard error.
+    pub fn stderr() -> Self {
+        let file = io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(|fd| Arc::new(File::from(fd)));
+        LineWriter { file }
+    }
+}
+
+impl<'a> MakeWriter<'a> for LineWriter {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Line<'a> {
+        match &self.file {
+            Some(file) => Line::File(file),
+            None => Line::Stderr(io::stderr()),
+        }
+    }
+}
+
+impl io::Write for Line<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Line::File(f) => f.write(buf),
+            Line::Stderr(s) => s.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Line::File(f) => f.write_all(buf),
+            Line::Stderr(s) => s.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Line::File(f) => f.flush(),
+            Line::Stderr(s) => s.flush(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn a_line_reaches_the_descriptor_whole() {
+        let mut file = tempfile_in_target();
+        let writer = LineWriter {
+            file: Some(Arc::new(file.try_clone().unwrap())),
+        };
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let line = format!("thread {t} line {i} {}\n", "x".repeat(100));
+                        writer.make_writer().write_all(line.as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        file.rewind().unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 800);
+        assert!(lines
+            .iter()
+            .all(|l| l.starts_with("thread ") && l.ends_with(&"x".repeat(100))));
+    }
+
+    fn tempfile_in_target() -> File {
+        let path = std::env::temp_dir().join(format!("sluice-log-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        file
+    }
 }

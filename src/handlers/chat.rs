@@ -314,8 +314,10 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
                     continue;
                 }
             };
-            quiet.touch();
-            record.backend_wait += waited.elapsed();
+            // One clock read serves the keep-alive timer and the wait account.
+            let now = Instant::now();
+            quiet.touch_at(now);
+            record.backend_wait += now.duration_since(waited);
             match next {
                 Some(Ok(BackendEvent::Delta(d))) => {
                     for d in filter.filter(d) {
