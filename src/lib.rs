@@ -5,6 +5,7 @@
 //! of deltas, and goes back to the client as SSE or as one JSON document rendered from the same
 //! deltas. [`server`] owns the sockets, the connection cap and graceful shutdown.
 
+pub mod access_log;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod guardrails;
 pub mod handlers;
 pub mod heap;
 pub mod idle_timer;
+pub mod json_text;
 pub mod layers;
 pub mod limits;
 pub mod metrics;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
+use crate::access_log::{self, Style};
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG` overrides `level`. Calling it twice is harmless.
@@ -25,10 +26,20 @@ pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = io::IsTerminal::is_terminal(&io::stderr());
+    let writer = LineWriter::stderr();
+    if !ansi {
+        // On a terminal the access line goes through tracing, coloured like the rest.
+        let style = match format {
+            LogFormat::Json => Style::Json,
+            LogFormat::Pretty => Style::Text,
+        };
+        access_log::install(style, writer.clone());
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
-        .with_writer(LineWriter::stderr());
+        .with_ansi(ansi)
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
@@ -59,6 +70,11 @@ impl LineWriter {
             .ok()
             .map(|fd| Arc::new(File::from(fd)));
         LineWriter { file }
+    }
+
+    /// The writer for one line.
+    pub fn line(&self) -> Line<'_> {
+        self.make_writer()
     }
 }
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::types::{ChoiceDelta, Usage};
+use crate::json_text::json_str;
 
 /// The event that ends a successful stream.
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -121,42 +122,6 @@ impl ChunkEncoder {
         out.extend_from_slice(b"}\n\n");
         Bytes::from(out)
     }
-}
-
-/// Writes `s` as a JSON string, escaped as serde_json escapes: `"` and `\`, the short forms
-/// `\b \t \n \f \r`, other control characters as `\u00XX`; everything else as is.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        out.extend_from_slice(&bytes[run..i]);
-        run = i + 1;
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]),
-        }
-    }
-    out.extend_from_slice(&bytes[run..]);
-    out.push(b'"');
 }
 
 /// Folds deltas into one non-streaming `chat.completion`.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::Histogram;
 
+use crate::access_log::{self, Entry};
 use crate::api::types::{ChoiceDelta, Usage};
 use crate::error::Error;
 use crate::limits::Admission;
@@ -208,24 +209,21 @@ impl RequestRecord {
                 .with_label_values(&[&self.model, self.outcome.as_str()])
                 .inc();
         }
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        tracing::info!(
-            target: "sluice::access",
-            request_id = %self.request_id,
-            key = self.key.as_deref(),
-            model = %self.model,
-            backend = %self.backend,
-            status = self.status,
-            outcome = self.outcome.as_str(),
-            stream = self.stream,
-            duration_ms = ms(total),
-            ttft_ms = self.ttft.map(ms),
-            overhead_ms = ms(total.saturating_sub(self.backend_wait)),
-            prompt_tokens = self.usage.map(|u| u.prompt_tokens),
-            completion_tokens = self.usage.map(|u| u.completion_tokens),
-            error = self.error_code.as_deref(),
-            "request finished"
-        );
+        access_log::write(&Entry {
+            request_id: &self.request_id,
+            key: self.key.as_deref(),
+            model: &self.model,
+            backend: &self.backend,
+            status: self.status,
+            outcome: self.outcome.as_str(),
+            stream: self.stream,
+            duration: total,
+            ttft: self.ttft,
+            overhead: total.saturating_sub(self.backend_wait),
+            prompt_tokens: self.usage.map(|u| u.prompt_tokens),
+            completion_tokens: self.usage.map(|u| u.completion_tokens),
+            error: self.error_code.as_deref(),
+        });
     }
 }
 
