@@ -20,7 +20,7 @@ use aho_corasick::{dfa::DFA, Anchored, Input as AcInput, MatchKind, StartKind};
 use regex::Regex;
 use regex_syntax::hir::Hir;
 
-use super::occurs::Occurs;
+use super::occurs::{Found, Occurs};
 use super::probe::{Candidate, ProbeSpec, CONTEXT_BEFORE};
 use super::viable::Viable;
 
@@ -71,12 +71,17 @@ pub(crate) struct Hit {
     pub weight: f32,
 }
 
-/// How far each matcher has got in a text.
+/// How far each matcher has got in a text, and the scratch space of its steps (kept so that a
+/// streamed answer's steps allocate nothing).
 #[derive(Debug, Clone)]
 pub(crate) struct ScanState {
     /// Per probe: every match starting before this offset has been reported.
     done: Vec<usize>,
     kw_done: usize,
+    /// The patterns that occur in the unsettled text, refilled at each step.
+    found: Option<Found>,
+    /// `(from, viable)` pairs computed during one step.
+    memo: Vec<(usize, usize)>,
 }
 
 /// A direction's probes, compiled. A clone shares every automaton but none of the search caches.
@@ -152,6 +157,8 @@ impl Engine {
         ScanState {
             done: vec![0; self.probes.len()],
             kw_done: 0,
+            found: self.set.as_ref().map(Occurs::none_found),
+            memo: Vec::new(),
         }
     }
 
@@ -189,7 +196,13 @@ impl Engine {
         out: &mut Vec<Hit>,
     ) -> usize {
         let n = base + hay.len();
-        let mut memo: Vec<(usize, usize)> = Vec::new();
+        let ScanState {
+            done,
+            kw_done,
+            found,
+            memo,
+        } = st;
+        memo.clear();
         let mut viable_from = |from: usize| -> usize {
             if finished {
                 return n;
@@ -205,14 +218,14 @@ impl Engine {
             v
         };
         let mut settled = n;
-        if let Some(set) = &self.set {
-            let from = st.done.iter().copied().min().unwrap_or(n);
-            let matched = set.matches_at(hay, from - base);
+        if let (Some(set), Some(matched)) = (&self.set, found) {
+            let from = done.iter().copied().min().unwrap_or(n);
+            set.matches_into(hay, from - base, matched);
             for (i, probe) in self.probes.iter().enumerate() {
-                let mut pos = st.done[i];
+                let mut pos = done[i];
                 if !matched.matched(i) {
                     let v = viable_from(pos);
-                    st.done[i] = v;
+                    done[i] = v;
                     settled = settled.min(v);
                     continue;
                 }
@@ -233,19 +246,19 @@ impl Engine {
                     };
                     let Some((s, e, fs, fe)) = found else {
                         let v = viable_from(pos);
-                        st.done[i] = v;
+                        done[i] = v;
                         settled = settled.min(v);
                         break;
                     };
                     let v = viable_from(pos);
                     if s >= v {
-                        st.done[i] = v;
+                        done[i] = v;
                         settled = settled.min(v);
                         break;
                     }
                     if !finished && fe + probe.spec.after > n {
                         // Final match, but its validator needs bytes that have not arrived.
-                        st.done[i] = s;
+                        done[i] = s;
                         settled = settled.min(s);
                         break;
                     }
@@ -271,7 +284,7 @@ impl Engine {
                         next_char(hay, base, pos)
                     };
                     if pos >= n {
-                        st.done[i] = n;
+                        done[i] = n;
                         break;
                     }
                 }
@@ -281,20 +294,20 @@ impl Engine {
             let v = if finished {
                 n
             } else {
-                kw.viable_from(hay, base, st.kw_done.max(n.saturating_sub(kw.max_len)))
+                kw.viable_from(hay, base, (*kw_done).max(n.saturating_sub(kw.max_len)))
             };
             kw.report(
                 hay,
                 base,
-                st.kw_done,
+                *kw_done,
                 v,
                 finished,
                 enabled,
                 self.probes.len(),
                 out,
             );
-            st.kw_done = v.max(st.kw_done);
-            settled = settled.min(st.kw_done);
+            *kw_done = v.max(*kw_done);
+            settled = settled.min(*kw_done);
         }
         settled
     }

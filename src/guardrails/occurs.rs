@@ -49,6 +49,7 @@ pub(crate) struct Occurs {
 }
 
 /// The patterns that occur, by index.
+#[derive(Debug, Clone)]
 pub(crate) struct Found(PatternSet);
 
 // === impl Occurs ===
@@ -81,18 +82,30 @@ impl Occurs {
 
     /// The patterns with a match starting at or after `from`; text before `from` is still seen by
     /// look-behind assertions such as `\b`.
+    #[cfg(test)]
     pub fn matches_at(&self, hay: &str, from: usize) -> Found {
-        let mut found = PatternSet::new(self.dfa.pattern_len());
+        let mut found = self.none_found();
+        self.matches_into(hay, from, &mut found);
+        found
+    }
+
+    /// An empty answer to fill with [`Occurs::matches_into`].
+    pub fn none_found(&self) -> Found {
+        Found(PatternSet::new(self.dfa.pattern_len()))
+    }
+
+    /// [`Occurs::matches_at`] into `found` (emptied first), which a scan keeps from step to step.
+    pub fn matches_into(&self, hay: &str, from: usize, found: &mut Found) {
+        found.0.clear();
         let input = Input::new(hay).range(from..);
         let done = {
             let mut cache = self.caches.get();
             self.dfa
-                .try_which_overlapping_matches(&mut cache, &input, &mut found)
+                .try_which_overlapping_matches(&mut cache, &input, &mut found.0)
         };
         if done.is_err() {
-            found = self.matches_slow(hay, from);
+            found.0 = self.matches_slow(hay, from);
         }
-        Found(found)
     }
 
     fn matches_slow(&self, hay: &str, from: usize) -> PatternSet {

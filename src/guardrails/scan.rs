@@ -158,16 +158,14 @@ impl Scanner {
     fn step(&mut self, finished: bool) -> Pushed {
         let policy = Arc::clone(&self.policy);
         let engine = policy.engine(self.dir);
-        let mut hits = Vec::new();
         let settled = engine.advance(
             &self.buf,
             self.base,
             &mut self.state,
             finished,
             &self.enabled,
-            &mut hits,
+            &mut self.pending,
         );
-        self.pending.extend(hits);
         // Decide on hits in text order; the ones at or after `settled` may still be preceded by a
         // hit not yet found, so they wait.
         self.pending.sort_by_key(|h| (h.start, h.source, h.end));
