@@ -144,7 +144,11 @@ pub fn estimate_prompt_tokens(req: &ChatRequest) -> u64 {
 fn format_reset(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
-        format!("{ms}ms")
+        // The usual case, on every admitted request: no formatting machinery.
+        let mut s = String::with_capacity(6);
+        s.push_str(itoa::Buffer::new().format(ms));
+        s.push_str("ms");
+        s
     } else {
         let s = d.as_secs_f64();
         let m = (s / 60.0).floor();
@@ -188,15 +192,15 @@ impl Tightest {
     }
 
     fn headers(&self) -> HeaderMap {
-        let mut h = HeaderMap::new();
+        let mut h = HeaderMap::with_capacity(6);
         if let Some(g) = self.requests {
-            put(&mut h, LIMIT_REQUESTS, g.limit.to_string());
-            put(&mut h, REMAINING_REQUESTS, g.remaining.to_string());
+            h.insert(LIMIT_REQUESTS, HeaderValue::from(g.limit));
+            h.insert(REMAINING_REQUESTS, HeaderValue::from(g.remaining));
             put(&mut h, RESET_REQUESTS, format_reset(g.reset));
         }
         if let Some(g) = self.tokens {
-            put(&mut h, LIMIT_TOKENS, g.limit.to_string());
-            put(&mut h, REMAINING_TOKENS, g.remaining.to_string());
+            h.insert(LIMIT_TOKENS, HeaderValue::from(g.limit));
+            h.insert(REMAINING_TOKENS, HeaderValue::from(g.remaining));
             put(&mut h, RESET_TOKENS, format_reset(g.reset));
         }
         h
