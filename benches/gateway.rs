@@ -16,7 +16,7 @@ use sluice::api::types::ChoiceDelta;
 use sluice::api::validate;
 use sluice::audit::AuditLog;
 use sluice::backends::sse_parser::SseParser;
-use sluice::backends::wire_chunk::WireChunk;
+use sluice::backends::wire_chunk::{ChunkReader, WireChunk};
 use sluice::config::Config;
 use sluice::limits::RateLimits;
 use sluice::metrics::Metrics;
@@ -125,6 +125,11 @@ fn chunk_decode(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("wire_chunk_parse", |b| {
         b.iter(|| WireChunk::parse(black_box(OPENAI_CHUNK)).unwrap())
+    });
+    // As a stream reads it: after the first chunk, the repeated beginning is recognised.
+    g.bench_function("chunk_reader_in_stream", |b| {
+        let mut reader = ChunkReader::default();
+        b.iter(|| reader.parse(black_box(OPENAI_CHUNK)).unwrap())
     });
     // Naive: the same typed struct through serde_json alone.
     g.bench_function("serde_json_typed", |b| {

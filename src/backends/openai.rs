@@ -45,7 +45,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::http1_pool::{DrivenBody, Http1Pool, SendError};
 use super::sse_parser::{SseEvent, SseParser, DEFAULT_MAX_EVENT_BYTES};
-use super::wire_chunk::WireChunk;
+use super::wire_chunk::{ChunkReader, WireChunk};
 use super::wire_delta::WireDelta;
 use super::{Backend, BackendRequest, ChatFuture, EventStream, Readiness};
 use crate::api::types::{BackendEvent, ChoiceDelta, StreamOptions};
@@ -106,6 +106,8 @@ struct SseEvents {
     /// The response body; `None` once the stream ended or failed (dropping it aborts the request).
     body: Option<UpstreamBody>,
     parser: SseParser,
+    /// Decodes each event's chunk, skipping the beginning the stream's chunks repeat.
+    chunks: ChunkReader,
     /// Scratch space for the parser's output, kept to reuse its allocation.
     parsed: Vec<SseEvent>,
     /// Events decoded but not yet handed out.
@@ -319,6 +321,7 @@ impl Backend for OpenAiBackend {
                 backend,
                 body: Some(body),
                 parser: SseParser::new(max_event_bytes),
+                chunks: ChunkReader::default(),
                 // Room for one: a stream that trickles (or idles) parses one event per read, and
                 // the default first growth (four) would hold ~0.7 KB per open stream for nothing.
                 // A burst grows them once.
@@ -466,7 +469,7 @@ impl SseEvents {
         if data.is_empty() {
             return;
         }
-        match WireChunk::parse(data) {
+        match self.chunks.parse(data) {
             Ok(chunk) if chunk.error.is_some() => {
                 tracing::warn!(backend = %self.backend, "upstream sent an error object mid-stream");
                 self.fail(protocol(&self.backend, "the upstream reported an error"));

@@ -75,8 +75,50 @@ const STRING_STOP: [bool; 256] = {
 impl WireChunk {
     /// Decodes one event's data.
     pub fn parse(data: &str) -> serde_json::Result<WireChunk> {
-        match Reader::new(data).chunk() {
-            Some(chunk) => Ok(chunk),
+        match Reader::new(data).chunk(false) {
+            Some((chunk, _)) => Ok(chunk),
+            None => serde_json::from_str(data),
+        }
+    }
+}
+
+/// Decodes the chunks of one stream, remembering the bytes its chunks repeat.
+///
+/// Every chunk of a stream starts with the same id, object, creation time, model and
+/// fingerprint, and only then the `choices` that differ. Once a chunk has been read, the bytes
+/// before its `choices` value are kept; a later chunk that starts with exactly those bytes is read
+/// from there, in the state the reader had reached at that point of the first one (nothing kept
+/// yet), so the result is the same as reading it whole.
+#[derive(Debug, Default)]
+pub struct ChunkReader {
+    prefix: Vec<u8>,
+}
+
+/// Longer repeated beginnings are not kept (each open stream holds its copy).
+const MAX_PREFIX: usize = 512;
+
+// === impl ChunkReader ===
+
+impl ChunkReader {
+    /// Decodes one event's data, as [`WireChunk::parse`] would.
+    pub fn parse(&mut self, data: &str) -> serde_json::Result<WireChunk> {
+        if !self.prefix.is_empty() && data.as_bytes().starts_with(&self.prefix) {
+            let mut r = Reader {
+                text: data,
+                at: self.prefix.len(),
+            };
+            if let Some((chunk, _)) = r.chunk(true) {
+                return Ok(chunk);
+            }
+        }
+        match Reader::new(data).chunk(false) {
+            Some((chunk, at)) => {
+                self.prefix.clear();
+                if let Some(at) = at.filter(|&at| at <= MAX_PREFIX) {
+                    self.prefix.extend_from_slice(&data.as_bytes()[..at]);
+                }
+                Ok(chunk)
+            }
             None => serde_json::from_str(data),
         }
     }
@@ -361,36 +403,62 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The whole chunk; the text must end after it.
-    fn chunk(&mut self) -> Option<WireChunk> {
+    /// The whole chunk; the text must end after it. With `resume`, the reader stands at the value
+    /// of `choices` with nothing read before it (see [`ChunkReader`]). Also returns where the
+    /// value of `choices` starts when no field the reader keeps came before it.
+    fn chunk(&mut self, resume: bool) -> Option<(WireChunk, Option<usize>)> {
         let mut choices = None;
         let mut usage = None;
         let mut error_seen = false;
-        self.object(|r, key| match key {
-            "choices" if choices.is_none() => {
-                choices = Some(r.choices()?);
-                Some(())
+        let mut choices_at = None;
+        let mut more = if resume {
+            choices = Some(self.choices()?);
+            self.more(b'}')?
+        } else {
+            self.expect(b'{')?;
+            if self.peek()? == b'}' {
+                self.at += 1;
+                false
+            } else {
+                true
             }
-            "usage" if usage.is_none() => {
-                usage = Some(serde_json::from_str::<Option<WireUsage>>(r.raw_value()?).ok()?);
-                Some(())
+        };
+        while more {
+            match self.key()? {
+                "choices" if choices.is_none() => {
+                    if usage.is_none() && !error_seen {
+                        choices_at = Some(self.at);
+                    }
+                    choices = Some(self.choices()?);
+                }
+                "usage" if usage.is_none() => {
+                    usage = Some(if self.null()? {
+                        None
+                    } else {
+                        serde_json::from_str::<Option<WireUsage>>(self.raw_value()?).ok()?
+                    });
+                }
+                // An error object is rare and serde_json reads it; `null` is no error.
+                "error" if !error_seen => {
+                    error_seen = true;
+                    if !self.null()? {
+                        return None;
+                    }
+                }
+                "choices" | "usage" | "error" => return None,
+                _ => self.skip(1)?,
             }
-            // An error object is rare and serde_json reads it; `null` is no error.
-            "error" if !error_seen => {
-                error_seen = true;
-                r.null()?.then_some(())
-            }
-            "choices" | "usage" | "error" => None,
-            _ => r.skip(1),
-        })?;
+            more = self.more(b'}')?;
+        }
         if self.peek().is_some() {
             return None;
         }
-        Some(WireChunk {
+        let chunk = WireChunk {
             choices: choices.unwrap_or_default(),
             usage: usage.flatten(),
             error: None,
-        })
+        };
+        Some((chunk, choices_at))
     }
 
     fn choices(&mut self) -> Option<Vec<WireChoice>> {
@@ -463,7 +531,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn fast(data: &str) -> Option<WireChunk> {
-        Reader::new(data).chunk()
+        Reader::new(data).chunk(false).map(|(chunk, _)| chunk)
     }
 
     /// The fast reader either declines or agrees with serde_json, and never accepts what
@@ -627,7 +695,63 @@ mod tests {
             })
     }
 
+    #[test]
+    fn a_stream_s_repeated_beginning_is_read_once() {
+        let mut reader = ChunkReader::default();
+        let first = reader.parse(MOCK).unwrap();
+        assert_eq!(first, WireChunk::parse(MOCK).unwrap());
+        let at = MOCK.find("[{").unwrap();
+        assert_eq!(reader.prefix, MOCK.as_bytes()[..at]);
+        let next = MOCK.replace("Hello ", "world");
+        assert_eq!(
+            reader.parse(&next).unwrap(),
+            WireChunk::parse(&next).unwrap()
+        );
+        // A chunk that repeats the beginning but is broken after it is still refused.
+        let broken = MOCK.replace("\"logprobs\":null", "\"logprobs\":nul");
+        assert!(reader.parse(&broken).is_err());
+        // A repeated `choices` after the kept beginning is still a duplicate field.
+        let twice = MOCK.replace("}]}", "}],\"choices\":[]}");
+        assert_eq!(
+            reader.parse(&twice).is_err(),
+            serde_json::from_str::<WireChunk>(&twice).is_err()
+        );
+        // A usage field before `choices` is state: nothing is kept then.
+        let mut reader = ChunkReader::default();
+        reader
+            .parse(r#"{"usage":null,"choices":[{"delta":{"content":"x"}}]}"#)
+            .unwrap();
+        assert!(reader.prefix.is_empty());
+    }
+
     proptest! {
+        #[test]
+        fn a_stream_reader_agrees_with_reading_each_chunk_whole(
+            texts in proptest::collection::vec(chunk_text(), 1..4),
+            reuse in proptest::collection::vec(any::<bool>(), 4),
+        ) {
+            let mut reader = ChunkReader::default();
+            let mut last = String::new();
+            for (i, text) in texts.iter().enumerate() {
+                // Often a chunk repeats the previous one's beginning and differs after it.
+                let text = if reuse[i] && !last.is_empty() {
+                    match (last.find("\"choices\""), text.find("\"choices\"")) {
+                        (Some(a), Some(b)) => format!("{}{}", &last[..a], &text[b..]),
+                        _ => text.clone(),
+                    }
+                } else {
+                    text.clone()
+                };
+                let one = reader.parse(&text);
+                let whole = serde_json::from_str::<WireChunk>(&text);
+                prop_assert_eq!(one.is_ok(), whole.is_ok(), "{:?}", text);
+                if let (Ok(a), Ok(b)) = (one, whole) {
+                    prop_assert_eq!(a, b);
+                }
+                last = text;
+            }
+        }
+
         #[test]
         fn plain_run_stops_where_a_byte_loop_stops(
             bytes in proptest::collection::vec(prop_oneof![
