@@ -25,7 +25,6 @@ pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 /// finish reason). The bytes are exactly what serialising the whole chunk would give.
 #[derive(Debug, Clone)]
 pub struct ChunkEncoder {
-    id: String,
     /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,
     /// "system_fingerprint":null,"choices":[`
     prefix: Box<[u8]>,
@@ -40,32 +39,19 @@ const CLOSE_NULL_USAGE: &[u8] = b"],\"usage\":null}\n\n";
 
 impl ChunkEncoder {
     /// An encoder for one response.
-    pub fn new(
-        id: impl Into<String>,
-        created: u64,
-        model: impl Into<String>,
-        include_usage: bool,
-    ) -> Self {
-        let id = id.into();
-        let model = model.into();
+    pub fn new(id: &str, created: u64, model: &str, include_usage: bool) -> Self {
         let mut prefix = Vec::with_capacity(128 + id.len() + model.len());
         prefix.extend_from_slice(b"data: {\"id\":");
-        json_str(&mut prefix, &id);
+        json_str(&mut prefix, id);
         prefix.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
         prefix.extend_from_slice(itoa::Buffer::new().format(created).as_bytes());
         prefix.extend_from_slice(b",\"model\":");
-        json_str(&mut prefix, &model);
+        json_str(&mut prefix, model);
         prefix.extend_from_slice(b",\"system_fingerprint\":null,\"choices\":[");
         ChunkEncoder {
-            id,
             prefix: prefix.into_boxed_slice(),
             include_usage,
         }
-    }
-
-    /// The response id (`chatcmpl-…`).
-    pub fn id(&self) -> &str {
-        &self.id
     }
 
     /// `data: {chunk}\n\n` for one delta.
@@ -355,7 +341,7 @@ mod tests {
             extra_key in proptest::option::of("[a-z\\n\"]{1,6}"),
             include_usage in proptest::prelude::any::<bool>(),
         ) {
-            let enc = ChunkEncoder::new(id.clone(), created, model.clone(), include_usage);
+            let enc = ChunkEncoder::new(&id, created, &model, include_usage);
             let mut d = ChoiceDelta {
                 index,
                 role,

@@ -281,12 +281,7 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
     // The backend has what it needs of the request; a stream may stay open for minutes, and the
     // prompt need not stay in memory with it.
     drop(request);
-    let encoder = ChunkEncoder::new(
-        new_id(),
-        unix_now(),
-        route.model.name.clone(),
-        include_usage,
-    );
+    let encoder = ChunkEncoder::new(&new_id(), unix_now(), &route.model.name, include_usage);
     let keep_alive = state.server.sse_keep_alive;
     let shutdown = state.shutdown.clone();
     record.outcome = Outcome::ClientClosed;
