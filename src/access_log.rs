@@ -86,113 +86,79 @@ pub fn write(entry: &Entry<'_>) {
     });
 }
 
+/// A field's value, and how each style writes it.
+enum Value<'a> {
+    /// Written as is in text (names and ids from config and the gateway), quoted in JSON.
+    Plain(&'a str),
+    /// Quoted in both (`key="bench"`), as tracing writes a string field.
+    Quoted(&'a str),
+    Int(u64),
+    Bool(bool),
+    Millis(Duration),
+}
+
+impl Entry<'_> {
+    /// The fields in the order they are written; `None` fields are left out.
+    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 13] {
+        [
+            ("request_id", Some(Value::Plain(self.request_id))),
+            ("key", self.key.map(Value::Quoted)),
+            ("model", Some(Value::Plain(self.model))),
+            ("backend", Some(Value::Plain(self.backend))),
+            ("status", Some(Value::Int(u64::from(self.status)))),
+            ("outcome", Some(Value::Quoted(self.outcome))),
+            ("stream", Some(Value::Bool(self.stream))),
+            ("duration_ms", Some(Value::Millis(self.duration))),
+            ("ttft_ms", self.ttft.map(Value::Millis)),
+            ("overhead_ms", Some(Value::Millis(self.overhead))),
+            ("prompt_tokens", self.prompt_tokens.map(Value::Int)),
+            ("completion_tokens", self.completion_tokens.map(Value::Int)),
+            ("error", self.error.map(Value::Quoted)),
+        ]
+    }
+}
+
 /// The line as bytes, newline included.
 pub fn render(out: &mut Vec<u8>, style: Style, now: SystemTime, e: &Entry<'_>) {
     let stamp = humantime::format_rfc3339_micros(now);
-    match style {
-        Style::Text => {
-            let _ = write!(out, "{stamp}  INFO {TARGET}: {MESSAGE}");
-            text_field(out, "request_id", e.request_id.as_bytes());
-            if let Some(key) = e.key {
-                out.extend_from_slice(b" key=");
-                let _ = write!(out, "{key:?}");
+    let _ = match style {
+        Style::Text => write!(out, "{stamp}  INFO {TARGET}: {MESSAGE}"),
+        Style::Json => write!(
+            out,
+            "{{\"timestamp\":\"{stamp}\",\"level\":\"INFO\",\"message\":\"{MESSAGE}\""
+        ),
+    };
+    for (name, value) in e.fields() {
+        let Some(value) = value else {
+            continue;
+        };
+        match style {
+            Style::Text => {
+                out.push(b' ');
+                out.extend_from_slice(name.as_bytes());
+                out.push(b'=');
             }
-            text_field(out, "model", e.model.as_bytes());
-            text_field(out, "backend", e.backend.as_bytes());
-            text_field(
-                out,
-                "status",
-                itoa::Buffer::new().format(e.status).as_bytes(),
-            );
-            out.extend_from_slice(b" outcome=\"");
-            out.extend_from_slice(e.outcome.as_bytes());
-            out.push(b'"');
-            text_field(out, "stream", if e.stream { b"true" } else { b"false" });
-            out.extend_from_slice(b" duration_ms=");
-            millis(out, e.duration);
-            if let Some(ttft) = e.ttft {
-                out.extend_from_slice(b" ttft_ms=");
-                millis(out, ttft);
-            }
-            out.extend_from_slice(b" overhead_ms=");
-            millis(out, e.overhead);
-            if let Some(n) = e.prompt_tokens {
-                text_field(
-                    out,
-                    "prompt_tokens",
-                    itoa::Buffer::new().format(n).as_bytes(),
-                );
-            }
-            if let Some(n) = e.completion_tokens {
-                text_field(
-                    out,
-                    "completion_tokens",
-                    itoa::Buffer::new().format(n).as_bytes(),
-                );
-            }
-            if let Some(error) = e.error {
-                out.extend_from_slice(b" error=");
-                let _ = write!(out, "{error:?}");
+            Style::Json => {
+                out.push(b',');
+                json_str(out, name);
+                out.push(b':');
             }
         }
-        Style::Json => {
-            let _ = write!(
-                out,
-                "{{\"timestamp\":\"{stamp}\",\"level\":\"INFO\",\"message\":\"{MESSAGE}\""
-            );
-            json_field(out, "request_id", e.request_id);
-            if let Some(key) = e.key {
-                json_field(out, "key", key);
+        match (value, style) {
+            (Value::Plain(v), Style::Text) => out.extend_from_slice(v.as_bytes()),
+            (Value::Quoted(v), Style::Text) => {
+                let _ = write!(out, "{v:?}");
             }
-            json_field(out, "model", e.model);
-            json_field(out, "backend", e.backend);
-            out.extend_from_slice(b",\"status\":");
-            out.extend_from_slice(itoa::Buffer::new().format(e.status).as_bytes());
-            json_field(out, "outcome", e.outcome);
-            out.extend_from_slice(if e.stream {
-                b",\"stream\":true"
-            } else {
-                b",\"stream\":false"
-            });
-            out.extend_from_slice(b",\"duration_ms\":");
-            millis(out, e.duration);
-            if let Some(ttft) = e.ttft {
-                out.extend_from_slice(b",\"ttft_ms\":");
-                millis(out, ttft);
-            }
-            out.extend_from_slice(b",\"overhead_ms\":");
-            millis(out, e.overhead);
-            if let Some(n) = e.prompt_tokens {
-                out.extend_from_slice(b",\"prompt_tokens\":");
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            }
-            if let Some(n) = e.completion_tokens {
-                out.extend_from_slice(b",\"completion_tokens\":");
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            }
-            if let Some(error) = e.error {
-                json_field(out, "error", error);
-            }
-            let _ = write!(out, ",\"target\":\"{TARGET}\"}}");
+            (Value::Plain(v) | Value::Quoted(v), Style::Json) => json_str(out, v),
+            (Value::Int(n), _) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+            (Value::Bool(b), _) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+            (Value::Millis(d), _) => millis(out, d),
         }
     }
+    if style == Style::Json {
+        let _ = write!(out, ",\"target\":\"{TARGET}\"}}");
+    }
     out.push(b'\n');
-}
-
-/// ` name=value`, the value as is (names and ids from config and the gateway itself).
-fn text_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.push(b' ');
-    out.extend_from_slice(name.as_bytes());
-    out.push(b'=');
-    out.extend_from_slice(value);
-}
-
-/// `,"name":"value"`.
-fn json_field(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.push(b',');
-    json_str(out, name);
-    out.push(b':');
-    json_str(out, value);
 }
 
 /// A duration as milliseconds with six decimals (`2.351161`).
