@@ -196,6 +196,8 @@ impl SseParser {
         match field {
             b"data" => {
                 // Valid UTF-8 is the norm: checked in one pass, replaced only when it is not.
+                // Room for the line and its newline at once: one allocation per event, not two.
+                self.data.reserve(value.len() + 1);
                 match std::str::from_utf8(value) {
                     Ok(text) => self.data.push_str(text),
                     Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),

@@ -63,20 +63,23 @@ impl OutputFilter {
         self.blocked
     }
 
-    /// The deltas to send for one backend delta (none, one, or released text then the finish).
-    pub fn filter(&mut self, mut d: ChoiceDelta) -> Vec<ChoiceDelta> {
+    /// Appends to `out` the deltas to send for one backend delta (none, one, or released text
+    /// then the finish). `out` is the caller's, reused from delta to delta.
+    pub fn filter(&mut self, mut d: ChoiceDelta, out: &mut Vec<ChoiceDelta>) {
         let Some(scanner) = self.scanner.as_mut() else {
-            return vec![d];
+            return out.push(d);
         };
-        if self.blocked || d.index != 0 {
-            return if self.blocked { Vec::new() } else { vec![d] };
+        if self.blocked {
+            return;
         }
-        let mut out = Vec::with_capacity(2);
+        if d.index != 0 {
+            return out.push(d);
+        }
         if let Some(text) = d.content.take().filter(|t| !t.is_empty()) {
             let pushed = scanner.push(&text);
             d.content = Some(pushed.release);
             if pushed.blocked {
-                return self.block(d);
+                return self.block(d, out);
             }
         } else if d.role.is_some() {
             d.content = d.content.or(Some(String::new()));
@@ -90,17 +93,15 @@ impl OutputFilter {
             self.flushed = true;
             let mut tail = content(0, flushed.release);
             if flushed.blocked {
-                return [out, self.block(tail)].concat();
+                return self.block(tail, out);
             }
             tail.finish_reason = finish;
             tail.content = tail.content.filter(|t| !t.is_empty());
-            out.push(tail);
-            return out;
+            return out.push(tail);
         }
         if !is_empty(&d) || d.role.is_some() {
             out.push(d);
         }
-        out
     }
 
     /// At the end of a backend stream that sent no finish reason: releases what was held.
@@ -114,7 +115,9 @@ impl OutputFilter {
         };
         let flushed = scanner.finish();
         if flushed.blocked {
-            return self.block(content(0, flushed.release));
+            let mut out = Vec::with_capacity(2);
+            self.block(content(0, flushed.release), &mut out);
+            return out;
         }
         let d = content(0, flushed.release);
         if is_empty(&d) {
@@ -124,12 +127,11 @@ impl OutputFilter {
         }
     }
 
-    fn block(&mut self, released: ChoiceDelta) -> Vec<ChoiceDelta> {
+    fn block(&mut self, released: ChoiceDelta, out: &mut Vec<ChoiceDelta>) {
         self.blocked = true;
         if let Some((router, target, started)) = &self.served_by {
             router.guardrail_tripped(target, started.elapsed());
         }
-        let mut out = Vec::with_capacity(2);
         if !is_empty(&released) {
             out.push(released);
         }
@@ -137,6 +139,5 @@ impl OutputFilter {
             finish_reason: Some("content_filter".into()),
             ..ChoiceDelta::default()
         });
-        out
     }
 }
