@@ -71,8 +71,8 @@ pub(crate) struct Hit {
     pub weight: f32,
 }
 
-/// How far each matcher has got in a text, and the scratch space of its steps (kept so that a
-/// streamed answer's steps allocate nothing).
+/// How far each matcher has got in a text, and the occurrence set its steps refill (kept so
+/// that a streamed answer's steps do not allocate one each).
 #[derive(Debug, Clone)]
 pub(crate) struct ScanState {
     /// Per probe: every match starting before this offset has been reported.
@@ -80,8 +80,14 @@ pub(crate) struct ScanState {
     kw_done: usize,
     /// The patterns that occur in the unsettled text, refilled at each step.
     found: Option<Found>,
-    /// `(from, viable)` pairs computed during one step.
-    memo: Vec<(usize, usize)>,
+}
+
+/// `(from, viable)` pairs computed during one step, on the stack: a step asks for a handful of
+/// offsets at most (one per probe that has not settled), and a state kept per open stream
+/// should not hold a buffer for it. When full, further offsets are computed, not remembered.
+struct Memo {
+    pairs: [(usize, usize); 8],
+    len: usize,
 }
 
 /// A direction's probes, compiled. A clone shares every automaton but none of the search caches.
@@ -158,7 +164,6 @@ impl Engine {
             done: vec![0; self.probes.len()],
             kw_done: 0,
             found: self.set.as_ref().map(Occurs::none_found),
-            memo: Vec::new(),
         }
     }
 
@@ -200,21 +205,26 @@ impl Engine {
             done,
             kw_done,
             found,
-            memo,
         } = st;
-        memo.clear();
+        let mut memo = Memo {
+            pairs: [(0, 0); 8],
+            len: 0,
+        };
         let mut viable_from = |from: usize| -> usize {
             if finished {
                 return n;
             }
-            if let Some(&(_, v)) = memo.iter().find(|(f, _)| *f == from) {
+            if let Some(&(_, v)) = memo.pairs[..memo.len].iter().find(|(f, _)| *f == from) {
                 return v;
             }
             let v = match &self.viable {
                 None => n,
                 Some(viable) => viable.earliest(hay, from - base) + base,
             };
-            memo.push((from, v));
+            if let Some(slot) = memo.pairs.get_mut(memo.len) {
+                *slot = (from, v);
+                memo.len += 1;
+            }
             v
         };
         let mut settled = n;

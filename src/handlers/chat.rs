@@ -292,8 +292,6 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
         tokio::pin!(stop);
         let mut quiet = IdleTimer::new(keep_alive);
         let mut usage = None;
-        // What the output filter lets through for one backend delta, reused from delta to delta.
-        let mut deltas = Vec::with_capacity(2);
         loop {
             let waited = Instant::now();
             let next = tokio::select! {
@@ -317,8 +315,7 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
             record.backend_wait += now.duration_since(waited);
             match next {
                 Some(Ok(BackendEvent::Delta(d))) => {
-                    filter.filter(d, &mut deltas);
-                    for d in deltas.drain(..) {
+                    for d in filter.filter(d) {
                         if carries_output(&d) {
                             record.token(Instant::now(), &d);
                         }
@@ -387,7 +384,6 @@ async fn collect(
     // Not needed while the answer is collected (see `stream`).
     drop(request);
     let mut collector = Collector::new();
-    let mut deltas = Vec::with_capacity(2);
     let stop = state.shutdown.hard_stopped();
     tokio::pin!(stop);
     loop {
@@ -400,8 +396,7 @@ async fn collect(
         record.backend_wait += waited.elapsed();
         match next {
             Some(Ok(BackendEvent::Delta(d))) => {
-                filter.filter(d, &mut deltas);
-                for d in deltas.drain(..) {
+                for d in filter.filter(d) {
                     if carries_output(&d) {
                         record.token(Instant::now(), &d);
                     }

@@ -12,6 +12,38 @@ use crate::api::types::ChoiceDelta;
 use crate::guardrails::OutputScanner;
 use crate::routing::{ModelRouter, Target};
 
+/// What the filter lets through for one backend delta. Almost always one delta or none, which
+/// need no allocation; the end of an answer or a block can make up to three.
+pub enum Deltas {
+    One(Option<ChoiceDelta>),
+    Many(std::vec::IntoIter<ChoiceDelta>),
+}
+
+impl Deltas {
+    fn one(d: ChoiceDelta) -> Self {
+        Deltas::One(Some(d))
+    }
+
+    fn none() -> Self {
+        Deltas::One(None)
+    }
+
+    fn many(out: Vec<ChoiceDelta>) -> Self {
+        Deltas::Many(out.into_iter())
+    }
+}
+
+impl Iterator for Deltas {
+    type Item = ChoiceDelta;
+
+    fn next(&mut self) -> Option<ChoiceDelta> {
+        match self {
+            Deltas::One(d) => d.take(),
+            Deltas::Many(it) => it.next(),
+        }
+    }
+}
+
 /// Filters one response's deltas; a no-op without a policy.
 pub struct OutputFilter {
     scanner: Option<OutputScanner>,
@@ -63,28 +95,30 @@ impl OutputFilter {
         self.blocked
     }
 
-    /// Appends to `out` the deltas to send for one backend delta (none, one, or released text
-    /// then the finish). `out` is the caller's, reused from delta to delta.
-    pub fn filter(&mut self, mut d: ChoiceDelta, out: &mut Vec<ChoiceDelta>) {
+    /// The deltas to send for one backend delta (none, one, or released text then the finish).
+    pub fn filter(&mut self, mut d: ChoiceDelta) -> Deltas {
         let Some(scanner) = self.scanner.as_mut() else {
-            return out.push(d);
+            return Deltas::one(d);
         };
         if self.blocked {
-            return;
+            return Deltas::none();
         }
         if d.index != 0 {
-            return out.push(d);
+            return Deltas::one(d);
         }
         if let Some(text) = d.content.take().filter(|t| !t.is_empty()) {
             let pushed = scanner.push(&text);
             d.content = Some(pushed.release);
             if pushed.blocked {
-                return self.block(d, out);
+                let mut out = Vec::with_capacity(2);
+                self.block(d, &mut out);
+                return Deltas::many(out);
             }
         } else if d.role.is_some() {
             d.content = d.content.or(Some(String::new()));
         }
         if d.finish_reason.is_some() {
+            let mut out = Vec::with_capacity(3);
             let finish = d.finish_reason.take();
             if !is_empty(&d) {
                 out.push(d);
@@ -93,14 +127,18 @@ impl OutputFilter {
             self.flushed = true;
             let mut tail = content(0, flushed.release);
             if flushed.blocked {
-                return self.block(tail, out);
+                self.block(tail, &mut out);
+                return Deltas::many(out);
             }
             tail.finish_reason = finish;
             tail.content = tail.content.filter(|t| !t.is_empty());
-            return out.push(tail);
+            out.push(tail);
+            return Deltas::many(out);
         }
         if !is_empty(&d) || d.role.is_some() {
-            out.push(d);
+            Deltas::one(d)
+        } else {
+            Deltas::none()
         }
     }
 
