@@ -353,34 +353,13 @@ impl<'a> Reader<'a> {
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'-' | b'0'..=b'9' => self.number(),
-            b'[' => {
-                self.at += 1;
-                if self.peek()? == b']' {
-                    self.at += 1;
-                    return Some(());
-                }
-                loop {
-                    self.skip(depth + 1)?;
-                    if !self.more(b']')? {
-                        return Some(());
-                    }
-                }
-            }
-            b'{' => {
-                self.at += 1;
-                if self.peek()? == b'}' {
-                    self.at += 1;
-                    return Some(());
-                }
-                loop {
-                    self.raw_string()?;
-                    self.expect(b':')?;
-                    self.skip(depth + 1)?;
-                    if !self.more(b'}')? {
-                        return Some(());
-                    }
-                }
-            }
+            b'[' => self.list(b'[', b']', |r| r.skip(depth + 1)),
+            b'{' => self.list(b'{', b'}', |r| {
+                // A skipped object's keys are only checked, so an escaped one is fine here.
+                r.raw_string()?;
+                r.expect(b':')?;
+                r.skip(depth + 1)
+            }),
             _ => None,
         }
     }
@@ -395,15 +374,32 @@ impl<'a> Reader<'a> {
 
     /// Entries of an object, handed to `entry` key by key; `entry` must consume the value.
     fn object(&mut self, mut entry: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.expect(b'{')?;
-        if self.peek()? == b'}' {
+        self.list(b'{', b'}', |r| {
+            let key = r.key()?;
+            entry(r, key)
+        })
+    }
+
+    /// `open`, then items read by `item` and separated by commas, then `close`.
+    fn list(
+        &mut self,
+        open: u8,
+        close: u8,
+        item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.expect(open)?;
+        if self.peek()? == close {
             self.at += 1;
             return Some(());
         }
+        self.items(close, item)
+    }
+
+    /// Items up to and including `close`, the reader standing at the first of them.
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         loop {
-            let key = self.key()?;
-            entry(self, key)?;
-            if !self.more(b'}')? {
+            item(self)?;
+            if !self.more(close)? {
                 return Some(());
             }
         }
@@ -413,48 +409,45 @@ impl<'a> Reader<'a> {
     /// of `choices` with nothing read before it (see [`ChunkReader`]). Also returns where the
     /// value of `choices` starts when no field the reader keeps came before it.
     fn chunk(&mut self, resume: bool) -> Option<(WireChunk, Option<usize>)> {
-        let mut choices = None;
+        let mut choices = if resume { Some(self.choices()?) } else { None };
+        let more_after_resume = resume && self.more(b'}')?;
         let mut usage = None;
         let mut error_seen = false;
         let mut choices_at = None;
-        let mut more = if resume {
-            choices = Some(self.choices()?);
-            self.more(b'}')?
-        } else {
-            self.expect(b'{')?;
-            if self.peek()? == b'}' {
-                self.at += 1;
-                false
-            } else {
-                true
-            }
-        };
-        while more {
-            match self.key()? {
+        let mut entry = |r: &mut Self, key: &'a str| -> Option<()> {
+            match key {
                 "choices" if choices.is_none() => {
                     if usage.is_none() && !error_seen {
-                        choices_at = Some(self.at);
+                        choices_at = Some(r.at);
                     }
-                    choices = Some(self.choices()?);
+                    choices = Some(r.choices()?);
                 }
                 "usage" if usage.is_none() => {
-                    usage = Some(if self.null()? {
+                    usage = Some(if r.null()? {
                         None
                     } else {
-                        serde_json::from_str::<Option<WireUsage>>(self.raw_value()?).ok()?
+                        serde_json::from_str::<Option<WireUsage>>(r.raw_value()?).ok()?
                     });
                 }
                 // An error object is rare and serde_json reads it; `null` is no error.
                 "error" if !error_seen => {
                     error_seen = true;
-                    if !self.null()? {
+                    if !r.null()? {
                         return None;
                     }
                 }
                 "choices" | "usage" | "error" => return None,
-                _ => self.skip(1)?,
+                _ => r.skip(1)?,
             }
-            more = self.more(b'}')?;
+            Some(())
+        };
+        if !resume {
+            self.object(&mut entry)?;
+        } else if more_after_resume {
+            self.items(b'}', |r| {
+                let key = r.key()?;
+                entry(r, key)
+            })?;
         }
         if self.peek().is_some() {
             return None;
@@ -468,18 +461,12 @@ impl<'a> Reader<'a> {
     }
 
     fn choices(&mut self) -> Option<Vec<WireChoice>> {
-        self.expect(b'[')?;
         let mut out = Vec::with_capacity(1);
-        if self.peek()? == b']' {
-            self.at += 1;
-            return Some(out);
-        }
-        loop {
-            out.push(self.choice()?);
-            if !self.more(b']')? {
-                return Some(out);
-            }
-        }
+        self.list(b'[', b']', |r| {
+            out.push(r.choice()?);
+            Some(())
+        })?;
+        Some(out)
     }
 
     fn choice(&mut self) -> Option<WireChoice> {
