@@ -97,13 +97,6 @@ impl io::Write for Line<'_> {
         }
     }
 
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Line::File(f) => f.write_all(buf),
-            Line::Stderr(s) => s.write_all(buf),
-        }
-    }
-
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Line::File(f) => f.flush(),
@@ -119,7 +112,7 @@ mod tests {
 
     #[test]
     fn a_line_reaches_the_descriptor_whole() {
-        let mut file = tempfile_in_target();
+        let mut file = scratch_file();
         let writer = LineWriter {
             file: Some(Arc::new(file.try_clone().unwrap())),
         };
@@ -147,7 +140,7 @@ mod tests {
             .all(|l| l.starts_with("thread ") && l.ends_with(&"x".repeat(100))));
     }
 
-    fn tempfile_in_target() -> File {
+    fn scratch_file() -> File {
         let path = std::env::temp_dir().join(format!("sluice-log-{}", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .create(true)
