@@ -21,6 +21,7 @@ pub mod layers;
 pub mod limits;
 pub mod metrics;
 pub mod mock_upstream;
+pub mod request_id;
 pub mod routing;
 pub mod server;
 pub mod shutdown;

@@ -142,14 +142,28 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
             Some(1) => Version::HTTP_11,
             _ => Version::HTTP_10,
         };
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-        for field in parsed.headers.iter() {
-            let name =
-                HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| Malformed::Head)?;
-            let value = HeaderValue::from_bytes(field.value).map_err(|_| Malformed::Head)?;
+        // Where each name and value lies in the head (the fields borrow `buf`), so the values
+        // can be slices of the head rather than one copy each.
+        let mut spans: [_; MAX_HEADERS] = std::array::from_fn(|_| (0..0, 0..0));
+        let base = buf.as_ptr() as usize;
+        let span = |b: &[u8]| {
+            let start = b.as_ptr() as usize - base;
+            start..start + b.len()
+        };
+        let count = parsed.headers.len();
+        for (s, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+            *s = (span(field.name.as_bytes()), span(field.value));
+        }
+        // The head leaves the read buffer as shared bytes: the response's headers are dropped
+        // once the status and content type are read, and the buffer is whole again.
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for (name, value) in spans.into_iter().take(count) {
+            let name = HeaderName::from_bytes(&head[name]).map_err(|_| Malformed::Head)?;
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| Malformed::Head)?;
             headers.append(name, value);
         }
-        buf.advance(len);
         let (body, framed) = framing(status, &headers)?;
         let keep_alive =
             framed && version == Version::HTTP_11 && !has_token(&headers, &CONNECTION, "close");

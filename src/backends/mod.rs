@@ -25,6 +25,7 @@ use crate::api::types::{BackendEvent, ChatRequest};
 use crate::config::{BackendConfig, Config, ModelConfig};
 use crate::error::Result;
 use crate::metrics::Metrics;
+use crate::request_id::RequestId;
 
 /// Events of one response, ending after the last event or at the first error.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<BackendEvent>> + Send>>;
@@ -40,7 +41,7 @@ pub struct BackendRequest {
     /// The validated request. `max_tokens` is already resolved against the model's limits.
     pub request: ChatRequest,
     /// For logs and upstream correlation (`x-request-id`).
-    pub request_id: String,
+    pub request_id: RequestId,
 }
 
 /// Whether a backend can take requests now.

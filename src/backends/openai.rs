@@ -236,8 +236,8 @@ impl OpenAiBackend {
         if let Some(auth) = &self.auth {
             builder = builder.header(AUTHORIZATION, auth.clone());
         }
-        if let Ok(id) = HeaderValue::from_str(&request_id) {
-            builder = builder.header(X_REQUEST_ID, id);
+        if !request_id.as_str().is_empty() {
+            builder = builder.header(X_REQUEST_ID, request_id.header_value().clone());
         }
         builder
             .body(Bytes::from(body))

@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use http::HeaderValue;
+
 use super::engine::{Engine, Keyword, Probe};
 use super::policy::{PolicyError, RawRule, RawTest, Sources};
 use super::probe::ProbeSpec;
@@ -111,6 +113,9 @@ pub struct Policy {
     pub(crate) input: Engine,
     pub(crate) output: Engine,
     version: Arc<str>,
+    /// The version as the `x-sluice-policy-version` value, made once rather than per response;
+    /// `None` when the version is not a valid header value.
+    version_header: Option<HeaderValue>,
     /// Longest match of each output rule, for the checker and the docs.
     pub output_max_len: Vec<(String, usize)>,
 }
@@ -186,6 +191,11 @@ impl Policy {
     /// The hash of the policy's files.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The version as a response header value (a clone shares its bytes).
+    pub fn version_header(&self) -> Option<HeaderValue> {
+        self.version_header.clone()
     }
 
     /// The version, shared.
@@ -350,6 +360,7 @@ pub fn compile(src: &Sources) -> Result<Policy, PolicyError> {
         output: build(pout, kout, "output")?,
         rules,
         version: Arc::from(src.version.as_str()),
+        version_header: HeaderValue::from_str(&src.version).ok(),
         output_max_len,
     })
 }

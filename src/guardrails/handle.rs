@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 
 use super::audit::{AuditRecord, DecisionLog};
 use super::compile::{Kind, Policy};
@@ -19,15 +20,18 @@ use super::scan::{Finding, Pushed, Scanner};
 use super::{Action, Direction};
 use crate::api::types::{ChatRequest, Content};
 use crate::error::Error;
+use crate::request_id::RequestId;
 
 /// Who a request is for: the labels of its audit records and the scope of rules.
+///
+/// Both scanners of a request keep a copy, so its fields are shared, not copied.
 #[derive(Debug, Clone, Default)]
 pub struct Ctx {
-    pub request_id: String,
+    pub request_id: RequestId,
     /// The client-facing model name.
-    pub model: String,
+    pub model: Arc<str>,
     /// The API key's configured name (never the key itself).
-    pub key_name: Option<String>,
+    pub key_name: Option<Arc<str>>,
 }
 
 /// One decision, for the caller's logs and tests.
@@ -93,15 +97,11 @@ struct Evidence {
 // === impl Ctx ===
 
 impl Ctx {
-    pub fn new(
-        request_id: impl Into<String>,
-        model: impl Into<String>,
-        key_name: Option<&str>,
-    ) -> Self {
+    pub fn new(request_id: impl Into<RequestId>, model: &str, key_name: Option<&str>) -> Self {
         Ctx {
             request_id: request_id.into(),
             model: model.into(),
-            key_name: key_name.map(str::to_string),
+            key_name: key_name.map(Arc::from),
         }
     }
 }
@@ -162,6 +162,11 @@ impl GuardrailsHandle {
     /// The version of the policy being served now (for `x-sluice-policy-version`).
     pub fn version(&self) -> Arc<str> {
         self.inner.current.load().version_arc()
+    }
+
+    /// The serving policy's version as a response header value.
+    pub fn version_header(&self) -> Option<HeaderValue> {
+        self.inner.current.load().version_header()
     }
 
     /// Checks a request's limits and every message's text. A block is a 400 with code
@@ -329,13 +334,13 @@ impl Evidence {
         if let Some(a) = &self.audit {
             a.record(AuditRecord {
                 time: AuditRecord::now(),
-                request_id: self.ctx.request_id.clone(),
+                request_id: self.ctx.request_id.to_string(),
                 rule: rule.id.clone(),
                 action: f.action.as_str(),
                 direction: dir.as_str(),
                 entity: f.entity,
-                model: self.ctx.model.clone(),
-                key: self.ctx.key_name.clone(),
+                model: self.ctx.model.to_string(),
+                key: self.ctx.key_name.as_deref().map(str::to_owned),
                 policy_version: self.policy.version().to_string(),
                 excerpt: f.excerpt.clone(),
             });

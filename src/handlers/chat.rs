@@ -29,6 +29,8 @@ use crate::guardrails::{Ctx, GuardrailsHandle};
 use crate::idle_timer::IdleTimer;
 use crate::layers::request_id::RequestId;
 use crate::limits::estimate_prompt_tokens;
+use crate::limits::headers::RateHeaders;
+use crate::routing::TargetHeaders;
 use crate::state::{AppState, Route};
 
 // Response header names, built at compile time rather than parsed at every insert.
@@ -42,10 +44,34 @@ struct Accepted {
     route: Route,
     request: ChatRequest,
     stream: EventStream,
-    /// `x-ratelimit-*` headers for the response.
-    rate_headers: HeaderMap,
+    /// The gateway's own headers for the response.
+    headers: GatewayHeaders,
     /// Output guardrails for this response.
     filter: OutputFilter,
+}
+
+/// What an accepted response says about how it was served: `x-ratelimit-*`, the target and the
+/// model version. Every value is made once (per request or per target) and shared, not copied.
+struct GatewayHeaders {
+    rate: RateHeaders,
+    target: TargetHeaders,
+}
+
+impl GatewayHeaders {
+    /// How many headers [`apply_to`](Self::apply_to) may insert.
+    fn len(&self) -> usize {
+        self.rate.len() + 2
+    }
+
+    fn apply_to(&self, h: &mut HeaderMap) {
+        self.rate.apply_to(h);
+        if let Some(v) = &self.target.name {
+            h.insert(TARGET, v.clone());
+        }
+        if let Some(v) = &self.target.version {
+            h.insert(MODEL_VERSION, v.clone());
+        }
+    }
 }
 
 /// Handles one chat request.
@@ -58,10 +84,13 @@ where
     let request_id = req
         .extensions()
         .get::<RequestId>()
-        .map(|r| r.0.clone())
+        .cloned()
         .unwrap_or_default();
     let mut record = RequestRecord::new(state.metrics.clone(), request_id.clone(), start);
-    let policy = state.guardrails.as_ref().map(GuardrailsHandle::version);
+    let policy = state
+        .guardrails
+        .as_ref()
+        .and_then(GuardrailsHandle::version_header);
     let mut resp = match accept(&state, req, request_id, &mut record).await {
         Err(err) => {
             record.reject(&err);
@@ -71,7 +100,7 @@ where
         Ok(accepted) if accepted.request.is_stream() => stream(state, accepted, record),
         Ok(accepted) => collect(state, accepted, record).await,
     };
-    if let Some(v) = policy.and_then(|v| HeaderValue::from_str(&v).ok()) {
+    if let Some(v) = policy {
         resp.headers_mut().insert(POLICY_VERSION, v);
     }
     resp
@@ -91,7 +120,7 @@ fn log_rejection(err: &Error) {
 async fn accept<B>(
     state: &AppState,
     req: Request<B>,
-    request_id: String,
+    request_id: RequestId,
     record: &mut RequestRecord,
 ) -> Result<Accepted, Error>
 where
@@ -149,7 +178,7 @@ where
         });
     }
     validate::check(&mut request, &route.model.limits)?;
-    let guard_ctx = Ctx::new(&request_id, &route.model.name, caller.name());
+    let guard_ctx = Ctx::new(request_id.clone(), &route.model.name, caller.name());
     if let Some(g) = &state.guardrails {
         request = check_input(g, request, &guard_ctx).await?;
     }
@@ -161,7 +190,7 @@ where
         .limits
         .admit(caller.name(), &route.model.name, prompt_tokens)?;
     // Moved, not cloned: a clone allocates a copy of every header value.
-    let rate_headers = std::mem::take(&mut admission.headers);
+    let rate = std::mem::take(&mut admission.headers);
     record.admission = Some(admission);
 
     let waited = Instant::now();
@@ -179,18 +208,10 @@ where
         }
     })?;
     record.backend = opened.backend.clone();
-    let mut rate_headers = rate_headers;
-    if let Ok(v) = HeaderValue::from_str(opened.target.name()) {
-        rate_headers.insert(TARGET, v);
-    }
-    if let Some(v) = opened
-        .target
-        .version
-        .as_deref()
-        .and_then(|v| HeaderValue::from_str(v).ok())
-    {
-        rate_headers.insert(MODEL_VERSION, v);
-    }
+    let headers = GatewayHeaders {
+        rate,
+        target: opened.target.headers().clone(),
+    };
     let filter = OutputFilter::new(
         state
             .guardrails
@@ -206,7 +227,7 @@ where
         route,
         request,
         stream: opened.stream,
-        rate_headers,
+        headers,
         filter,
     })
 }
@@ -274,7 +295,7 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
         route,
         request,
         stream: mut events,
-        rate_headers,
+        headers: gateway_headers,
         mut filter,
     } = accepted;
     let include_usage = request.include_usage();
@@ -358,13 +379,16 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
     let frames = Coalesce::new(frames).map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
     let h = resp.headers_mut();
+    // Room for every header at once, rather than growing the map two or three times: these, the
+    // gateway's, the policy version and the request id.
+    h.reserve(3 + gateway_headers.len() + 2);
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(ACCEL_BUFFERING, HeaderValue::from_static("no"));
-    h.extend(rate_headers);
+    gateway_headers.apply_to(h);
     resp
 }
 
@@ -378,7 +402,7 @@ async fn collect(
         route,
         request,
         stream: mut events,
-        rate_headers,
+        headers: gateway_headers,
         mut filter,
     } = accepted;
     // Not needed while the answer is collected (see `stream`).
@@ -410,7 +434,7 @@ async fn collect(
             Some(Err(err)) => {
                 record.reject(&err);
                 let mut resp = err.into_response();
-                resp.headers_mut().extend(rate_headers);
+                gateway_headers.apply_to(resp.headers_mut());
                 return resp;
             }
             None => {
@@ -426,6 +450,6 @@ async fn collect(
     record.outcome = Outcome::Ok;
     let json = collector.finish(&new_id(), unix_now(), &route.model.name);
     let mut resp = body::json_response(StatusCode::OK, json);
-    resp.headers_mut().extend(rate_headers);
+    gateway_headers.apply_to(resp.headers_mut());
     resp
 }

@@ -15,6 +15,7 @@ use crate::api::types::{ChoiceDelta, Usage};
 use crate::error::Error;
 use crate::limits::Admission;
 use crate::metrics::Metrics;
+use crate::request_id::RequestId;
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,7 @@ impl Outcome {
 /// The measurements of one request.
 pub struct RequestRecord {
     metrics: Arc<Metrics>,
-    request_id: String,
+    request_id: RequestId,
     start: Instant,
     /// The configured model name, or `unknown` before the model is resolved.
     pub model: String,
@@ -80,7 +81,7 @@ pub struct RequestRecord {
 
 impl RequestRecord {
     /// Starts a record at `start`.
-    pub fn new(metrics: Arc<Metrics>, request_id: String, start: Instant) -> Self {
+    pub fn new(metrics: Arc<Metrics>, request_id: RequestId, start: Instant) -> Self {
         RequestRecord {
             metrics,
             request_id,
@@ -210,7 +211,7 @@ impl RequestRecord {
                 .inc();
         }
         access_log::write(&Entry {
-            request_id: &self.request_id,
+            request_id: self.request_id.as_str(),
             key: self.key.as_deref(),
             model: &self.model,
             backend: &self.backend,

@@ -103,7 +103,7 @@ where
                     .auth_refused
                     .with_label_values(&[reason])
                     .inc();
-                let request_id = req.extensions().get::<RequestId>().map(|id| id.0.as_str());
+                let request_id = req.extensions().get::<RequestId>().map(RequestId::as_str);
                 tracing::info!(
                     target: "sluice::access",
                     request_id,

@@ -6,16 +6,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-/// The header name.
-pub const HEADER: &str = "x-request-id";
+pub use crate::request_id::RequestId;
 
-/// The id of the current request, in its extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
+/// The header name.
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Adds [`RequestId`] to requests and echoes it on responses.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,14 +30,8 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        id: Option<HeaderValue>,
+        id: Option<RequestId>,
     }
-}
-
-/// Accepts ids of 1–128 visible ASCII characters; anything else could pollute logs.
-fn acceptable(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
-    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
 // === impl RequestIdLayer ===
@@ -67,19 +59,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = match req.headers().get(HEADER) {
-            Some(v) if acceptable(v) => v.clone(),
-            _ => {
-                let fresh = uuid::Uuid::new_v4().simple().to_string();
-                // A hex string is always a valid header value.
-                let v =
-                    HeaderValue::from_str(&fresh).unwrap_or(HeaderValue::from_static("invalid"));
-                req.headers_mut().insert(HEADER, v.clone());
-                v
-            }
-        };
-        let text = id.to_str().unwrap_or_default().to_owned();
-        req.extensions_mut().insert(RequestId(text));
+        let id = req
+            .headers()
+            .get(HEADER)
+            .and_then(RequestId::from_client)
+            .unwrap_or_else(RequestId::generate);
+        req.extensions_mut().insert(id.clone());
         ResponseFuture {
             inner: self.inner.call(req),
             id: Some(id),
@@ -103,7 +88,7 @@ where
             Poll::Ready(Ok(resp)) => resp,
         };
         if let Some(id) = this.id.take() {
-            resp.headers_mut().insert(HEADER, id);
+            resp.headers_mut().insert(HEADER, id.header_value().clone());
         }
         Poll::Ready(Ok(resp))
     }
@@ -117,7 +102,7 @@ mod tests {
 
     async fn echo_ext(req: Request<()>) -> Result<Response<String>, Infallible> {
         let id = req.extensions().get::<RequestId>().cloned().unwrap();
-        Ok(Response::new(id.0))
+        Ok(Response::new(id.to_string()))
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! so a config reload that leaves a limit unchanged keeps its state.
 
 pub mod clock;
+pub mod headers;
 pub mod requests;
 pub mod tokens;
 
@@ -20,6 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus::IntCounterVec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use self::headers::RateHeaders;
 use self::requests::RequestLimiter;
 use self::tokens::TokenLimiter;
 use crate::api::types::ChatRequest;
@@ -45,7 +47,7 @@ pub struct Denied {
 /// A request admitted by every limit that applies to it.
 pub struct Admission {
     /// `x-ratelimit-*` headers for the response.
-    pub headers: HeaderMap,
+    pub headers: RateHeaders,
     /// Token limiters to charge when the response ends.
     token_limiters: Vec<Arc<TokenLimiter>>,
     /// The prompt tokens charged at admission (an estimate when the real count is unknown).
@@ -141,40 +143,13 @@ pub fn estimate_prompt_tokens(req: &ChatRequest) -> u64 {
         .sum()
 }
 
-fn format_reset(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        // The usual case, on every admitted request: no formatting machinery.
-        let mut s = String::with_capacity(6);
-        s.push_str(itoa::Buffer::new().format(ms));
-        s.push_str("ms");
-        s
-    } else {
-        let s = d.as_secs_f64();
-        let m = (s / 60.0).floor();
-        let rest = s - m * 60.0;
-        if m >= 1.0 {
-            format!("{m}m{rest:.0}s")
-        } else {
-            format!("{rest:.3}s")
-        }
-    }
-}
-
 fn put(h: &mut HeaderMap, name: HeaderName, value: String) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         h.insert(name, v);
     }
 }
 
-// Built at compile time: a name made from a `&str` at each insert is parsed (and, for these
-// non-standard names, allocated) on every request.
-const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
-const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
-const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
-const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
-const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
-const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+// Built at compile time rather than parsed at each refusal.
 const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 
 /// Keeps, for each kind, the grant with the least remaining.
@@ -191,19 +166,8 @@ impl Tightest {
         }
     }
 
-    fn headers(&self) -> HeaderMap {
-        let mut h = HeaderMap::with_capacity(6);
-        if let Some(g) = self.requests {
-            h.insert(LIMIT_REQUESTS, HeaderValue::from(g.limit));
-            h.insert(REMAINING_REQUESTS, HeaderValue::from(g.remaining));
-            put(&mut h, RESET_REQUESTS, format_reset(g.reset));
-        }
-        if let Some(g) = self.tokens {
-            h.insert(LIMIT_TOKENS, HeaderValue::from(g.limit));
-            h.insert(REMAINING_TOKENS, HeaderValue::from(g.remaining));
-            put(&mut h, RESET_TOKENS, format_reset(g.reset));
-        }
-        h
+    fn headers(&self) -> RateHeaders {
+        RateHeaders::new(self.requests, self.tokens)
     }
 }
 
@@ -361,7 +325,8 @@ impl RateLimits {
         tight: &Tightest,
     ) -> Error {
         self.refusals.with_label_values(&[kind, key]).inc();
-        let mut headers = tight.headers();
+        let mut headers = HeaderMap::new();
+        tight.headers().apply_to(&mut headers);
         put(
             &mut headers,
             http::header::RETRY_AFTER,
@@ -378,17 +343,5 @@ impl RateLimits {
             retry_after,
             headers: Box::new(headers),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reset_format_matches_openai_style() {
-        assert_eq!(format_reset(Duration::from_millis(250)), "250ms");
-        assert_eq!(format_reset(Duration::from_secs(90)), "1m30s");
-        assert_eq!(format_reset(Duration::from_millis(1500)), "1.500s");
     }
 }

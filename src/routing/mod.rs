@@ -20,6 +20,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
+use http::HeaderValue;
 use rand::Rng;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
@@ -33,6 +34,7 @@ use crate::backends::{Backend, BackendRequest, Backends, EventStream};
 use crate::config::{ModelConfig, TargetConfig};
 use crate::error::{Error, TimeoutPhase};
 use crate::metrics::Metrics;
+use crate::request_id::RequestId;
 
 /// One backend of a target, with its load.
 struct Replica {
@@ -52,6 +54,15 @@ pub struct Target {
     canary: Option<CanaryWindow>,
     /// The version shown in `x-sluice-model-version`.
     pub version: Option<String>,
+    /// `x-sluice-target` and `x-sluice-model-version` values, made once rather than per response.
+    headers: TargetHeaders,
+}
+
+/// A target's response header values; `None` where the text is not a valid header value.
+#[derive(Debug, Clone, Default)]
+pub struct TargetHeaders {
+    pub name: Option<HeaderValue>,
+    pub version: Option<HeaderValue>,
 }
 
 /// The routing state of one model.
@@ -95,6 +106,11 @@ impl Target {
     /// The configured name.
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Its response header values (clones share their bytes).
+    pub fn headers(&self) -> &TargetHeaders {
+        &self.headers
     }
 
     /// The weight now (config, admin changes and rollbacks applied).
@@ -158,6 +174,13 @@ impl ModelRouter {
             }
             let mut target_model = (*model).clone();
             target_model.upstream_model = t.upstream_model.clone();
+            let version = t.version.clone().or_else(|| model.registry.version.clone());
+            let headers = TargetHeaders {
+                name: HeaderValue::from_str(&t.name).ok(),
+                version: version
+                    .as_deref()
+                    .and_then(|v| HeaderValue::from_str(v).ok()),
+            };
             targets.push(Arc::new(Target {
                 model: Arc::new(target_model),
                 replicas,
@@ -165,7 +188,8 @@ impl ModelRouter {
                 enabled: AtomicBool::new(true),
                 breaker: Breaker::new(model.breaker),
                 canary: t.canary.map(CanaryWindow::new),
-                version: t.version.clone().or_else(|| model.registry.version.clone()),
+                version,
+                headers,
                 config: t.clone(),
             }));
         }
@@ -254,7 +278,7 @@ impl ModelRouter {
     pub async fn open(
         self: &Arc<Self>,
         request: &ChatRequest,
-        request_id: &str,
+        request_id: &RequestId,
     ) -> Result<Opened, Error> {
         if !self.is_enabled() {
             return Err(Error::ModelUnavailable {
@@ -301,7 +325,7 @@ impl ModelRouter {
                 let call = replica.backend.chat(BackendRequest {
                     model: target.model.clone(),
                     request: request.clone(),
-                    request_id: request_id.to_owned(),
+                    request_id: request_id.clone(),
                 });
                 // A stream counts as opened once its first event is in: a failure before that
                 // (an upstream that sends headers and then dies) can still fall back.

@@ -105,7 +105,7 @@ async fn unknown_fields_and_resolved_limits_reach_the_backend() {
         "default budget is the model's limit here"
     );
     assert_eq!(req.model.upstream_model, "m");
-    assert_eq!(req.request_id.len(), 32);
+    assert_eq!(req.request_id.as_str().len(), 32);
 }
 
 #[tokio::test]

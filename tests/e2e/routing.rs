@@ -58,7 +58,7 @@ async fn weighted_split_lands_within_tolerance_over_10k_requests() {
             .unwrap();
     let mut to_b = 0;
     for _ in 0..10_000 {
-        let opened = router.open(&req, "id").await.unwrap();
+        let opened = router.open(&req, &"id".into()).await.unwrap();
         if opened.target.name() == "b" {
             to_b += 1;
         }
@@ -125,26 +125,26 @@ breaker = { consecutive_failures = 2, open_for = "5s" }
             .unwrap();
 
     // 1. One failure, then the retry on the same target succeeds.
-    let o = router.open(&req, "1").await.unwrap();
+    let o = router.open(&req, &"1".into()).await.unwrap();
     assert_eq!(o.target.name(), "a");
     assert_eq!(metrics.retries.with_label_values(&["m"]).get(), 1);
     drop(o);
     // 2. Two failures in a row: the breaker opens and the fallback answers.
-    let o = router.open(&req, "2").await.unwrap();
+    let o = router.open(&req, &"2".into()).await.unwrap();
     assert_eq!(o.target.name(), "b");
     assert_eq!(metrics.fallbacks.with_label_values(&["m"]).get(), 1);
     assert_eq!(router.targets()[0].breaker.state().as_str(), "open");
     drop(o);
     // 3. While open, `a` is not even tried.
     let tried = a.requests.lock().unwrap().len();
-    let o = router.open(&req, "3").await.unwrap();
+    let o = router.open(&req, &"3".into()).await.unwrap();
     assert_eq!(o.target.name(), "b");
     assert_eq!(a.requests.lock().unwrap().len(), tried);
     drop(o);
     // 4. After open_for, one probe goes to `a`; it succeeds and the breaker closes.
     tokio::time::advance(std::time::Duration::from_secs(6)).await;
     assert_eq!(router.targets()[0].breaker.state().as_str(), "half_open");
-    let o = router.open(&req, "4").await.unwrap();
+    let o = router.open(&req, &"4".into()).await.unwrap();
     assert_eq!(o.target.name(), "a");
     assert_eq!(router.targets()[0].breaker.state().as_str(), "closed");
     let text = String::from_utf8(metrics.render()).unwrap();
