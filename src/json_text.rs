@@ -1,29 +1,31 @@
 //! JSON strings written by hand, for output rendered without a serializer (stream chunks, the
 //! access log): the bytes are exactly serde_json's for the same string.
 
-/// Writes `s` as a JSON string, escaped as serde_json escapes: `"` and `\`, the short forms
-/// `\b \t \n \f \r`, other control characters as `\u00XX`; everything else as is.
-pub fn json_str(out: &mut Vec<u8>, s: &str) {
+use bytes::BufMut;
+
+/// Writes `s` as a JSON string (into a `Vec<u8>` or a `BytesMut`), escaped as serde_json
+/// escapes: `"` and `\`, the short forms `\b \t \n \f \r`, other control characters as
+/// `\u00XX`; everything else as is.
+pub fn json_str<B: BufMut + ?Sized>(out: &mut B, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
+    out.put_u8(b'"');
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if b >= 0x20 && b != b'"' && b != b'\\' {
             continue;
         }
-        out.extend_from_slice(&bytes[run..i]);
+        out.put_slice(&bytes[run..i]);
         run = i + 1;
         match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            _ => out.extend_from_slice(&[
+            b'"' => out.put_slice(b"\\\""),
+            b'\\' => out.put_slice(b"\\\\"),
+            b'\n' => out.put_slice(b"\\n"),
+            b'\r' => out.put_slice(b"\\r"),
+            b'\t' => out.put_slice(b"\\t"),
+            0x08 => out.put_slice(b"\\b"),
+            0x0c => out.put_slice(b"\\f"),
+            _ => out.put_slice(&[
                 b'\\',
                 b'u',
                 b'0',
@@ -33,8 +35,8 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
             ]),
         }
     }
-    out.extend_from_slice(&bytes[run..]);
-    out.push(b'"');
+    out.put_slice(&bytes[run..]);
+    out.put_u8(b'"');
 }
 
 #[cfg(test)]

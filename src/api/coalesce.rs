@@ -35,10 +35,11 @@ pin_project! {
     pub struct Coalesce<S> {
         #[pin]
         inner: S,
-        // The first frame gathered; moved, not copied, when it is the only one.
+        // The first frame gathered, while it is the only one: moved, not copied.
         first: Option<Bytes>,
-        // Frames after the first, copied behind it.
-        rest: BytesMut,
+        // Every frame gathered, once there are two (the first copied in with the second); it
+        // goes out as a slice, so the buffer is reused once the connection has written it.
+        merged: BytesMut,
         // Turns offered since the last frame was gathered.
         turns: u8,
         // Turns offered since the first frame was gathered.
@@ -52,7 +53,7 @@ impl<S> Coalesce<S> {
         Self {
             inner,
             first: None,
-            rest: BytesMut::new(),
+            merged: BytesMut::new(),
             turns: 0,
             turns_total: 0,
             done: false,
@@ -69,24 +70,21 @@ impl<S: Stream<Item = Bytes>> Stream for Coalesce<S> {
         let mut this = self.project();
         loop {
             if *this.done {
-                return Poll::Ready(take(this.first, this.rest));
+                return Poll::Ready(take(this.first, this.merged));
             }
             match this.inner.as_mut().poll_next(cx) {
                 Poll::Ready(Some(frame)) => {
                     *this.turns = 0;
-                    match this.first {
-                        None => *this.first = Some(frame),
-                        Some(_) => this.rest.extend_from_slice(&frame),
-                    }
-                    let held = this.first.as_ref().map_or(0, Bytes::len) + this.rest.len();
+                    gather(this.first, this.merged, frame);
+                    let held = this.first.as_ref().map_or(0, Bytes::len) + this.merged.len();
                     if held >= MAX_BYTES {
                         *this.turns_total = 0;
-                        return Poll::Ready(take(this.first, this.rest));
+                        return Poll::Ready(take(this.first, this.merged));
                     }
                 }
                 Poll::Ready(None) => *this.done = true,
                 Poll::Pending => {
-                    if this.first.is_none() {
+                    if this.first.is_none() && this.merged.is_empty() {
                         return Poll::Pending;
                     }
                     if *this.turns < MAX_IDLE_TURNS && *this.turns_total < MAX_TURNS {
@@ -99,24 +97,39 @@ impl<S: Stream<Item = Bytes>> Stream for Coalesce<S> {
                     }
                     *this.turns = 0;
                     *this.turns_total = 0;
-                    return Poll::Ready(take(this.first, this.rest));
+                    return Poll::Ready(take(this.first, this.merged));
                 }
             }
         }
     }
 }
 
-/// Everything gathered, as one frame.
-fn take(first: &mut Option<Bytes>, rest: &mut BytesMut) -> Option<Bytes> {
-    let first = first.take()?;
-    if rest.is_empty() {
-        return Some(first);
+/// Room reserved for merged frames: a burst of chunk events in one allocation.
+const MERGED_CAPACITY: usize = 2048;
+
+/// Adds `frame` to what is gathered.
+fn gather(first: &mut Option<Bytes>, merged: &mut BytesMut, frame: Bytes) {
+    if first.is_none() && merged.is_empty() {
+        *first = Some(frame);
+        return;
     }
-    let mut all = BytesMut::with_capacity(first.len() + rest.len());
-    all.extend_from_slice(&first);
-    all.extend_from_slice(rest);
-    rest.clear();
-    Some(all.freeze())
+    let earlier = first.take();
+    let need = earlier.as_ref().map_or(0, Bytes::len) + frame.len();
+    if merged.capacity() - merged.len() < need {
+        merged.reserve(need.max(MERGED_CAPACITY));
+    }
+    if let Some(f) = earlier {
+        merged.extend_from_slice(&f);
+    }
+    merged.extend_from_slice(&frame);
+}
+
+/// Everything gathered, as one frame.
+fn take(first: &mut Option<Bytes>, merged: &mut BytesMut) -> Option<Bytes> {
+    if !merged.is_empty() {
+        return Some(merged.split().freeze());
+    }
+    first.take()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value};
 
 use super::types::{ChoiceDelta, Usage};
@@ -56,57 +56,103 @@ impl ChunkEncoder {
 
     /// `data: {chunk}\n\n` for one delta.
     pub fn delta(&self, d: &ChoiceDelta) -> Bytes {
+        let mut out = BytesMut::new();
+        self.delta_into(d, &mut out);
+        out.freeze()
+    }
+
+    /// Appends `data: {chunk}\n\n` for one delta to `out`.
+    ///
+    /// A stream renders every event into one buffer and hands each out as a slice of it (see
+    /// [`FrameBuffer`]), so an event costs no allocation of its own.
+    pub fn delta_into(&self, d: &ChoiceDelta, out: &mut BytesMut) {
         let text =
             d.role.as_ref().map_or(0, String::len) + d.content.as_ref().map_or(0, String::len);
-        let mut out = Vec::with_capacity(self.prefix.len() + 112 + text + text / 8);
-        out.extend_from_slice(&self.prefix);
-        out.extend_from_slice(b"{\"index\":");
-        out.extend_from_slice(itoa::Buffer::new().format(d.index).as_bytes());
-        out.extend_from_slice(b",\"delta\":{");
+        out.reserve(self.prefix.len() + 112 + text + text / 8);
+        out.put_slice(&self.prefix);
+        out.put_slice(b"{\"index\":");
+        out.put_slice(itoa::Buffer::new().format(d.index).as_bytes());
+        out.put_slice(b",\"delta\":{");
         let mut first = true;
-        let mut field = |out: &mut Vec<u8>, key: &str| {
+        let mut field = |out: &mut BytesMut, key: &str| {
             if !std::mem::take(&mut first) {
-                out.push(b',');
+                out.put_u8(b',');
             }
             json_str(out, key);
-            out.push(b':');
+            out.put_u8(b':');
         };
         if let Some(role) = &d.role {
-            field(&mut out, "role");
-            json_str(&mut out, role);
+            field(out, "role");
+            json_str(out, role);
         }
         if let Some(content) = &d.content {
-            field(&mut out, "content");
-            json_str(&mut out, content);
+            field(out, "content");
+            json_str(out, content);
         }
         for (key, value) in &d.extra {
-            field(&mut out, key);
-            // Serialising a JSON value into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, value);
+            field(out, key);
+            // Serialising a JSON value into memory cannot fail.
+            let _ = serde_json::to_writer(out.writer(), value);
         }
-        out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
+        out.put_slice(b"},\"logprobs\":null,\"finish_reason\":");
         match &d.finish_reason {
-            Some(reason) => json_str(&mut out, reason),
-            None => out.extend_from_slice(b"null"),
+            Some(reason) => json_str(out, reason),
+            None => out.put_slice(b"null"),
         }
-        out.push(b'}');
-        out.extend_from_slice(if self.include_usage {
+        out.put_u8(b'}');
+        out.put_slice(if self.include_usage {
             CLOSE_NULL_USAGE
         } else {
             CLOSE
         });
-        Bytes::from(out)
     }
 
     /// The last chunk: no choices, only usage. Sent only when usage was asked for.
     pub fn usage(&self, usage: &Usage) -> Bytes {
-        let mut out = Vec::with_capacity(self.prefix.len() + 112);
-        out.extend_from_slice(&self.prefix);
-        out.extend_from_slice(b"],\"usage\":");
-        // Serialising three integers into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, usage);
-        out.extend_from_slice(b"}\n\n");
-        Bytes::from(out)
+        let mut out = BytesMut::new();
+        self.usage_into(usage, &mut out);
+        out.freeze()
+    }
+
+    /// Appends the usage chunk to `out`.
+    pub fn usage_into(&self, usage: &Usage, out: &mut BytesMut) {
+        out.reserve(self.prefix.len() + 112);
+        out.put_slice(&self.prefix);
+        out.put_slice(b"],\"usage\":");
+        // Serialising three integers into memory cannot fail.
+        let _ = serde_json::to_writer(out.writer(), usage);
+        out.put_slice(b"}\n\n");
+    }
+}
+
+/// One stream's events, rendered into a shared buffer.
+///
+/// Each event is written behind the previous one and handed out as a slice
+/// ([`BytesMut::split`]): the slices of a burst share one allocation, and once the connection
+/// has written them the buffer is whole again and is reused. A stream allocates its buffer when
+/// its first event comes, so an open stream that is still waiting holds none.
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    buf: BytesMut,
+}
+
+impl FrameBuffer {
+    /// Room for a burst of ordinary chunk events.
+    const CAPACITY: usize = 1024;
+    /// Less room than this left, and the buffer is renewed (reused when no frame holds on to it).
+    const LOW: usize = 384;
+
+    /// The buffer to render the next event into.
+    pub fn room(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() < Self::LOW {
+            self.buf.reserve(Self::CAPACITY);
+        }
+        &mut self.buf
+    }
+
+    /// What was rendered since the last call, as one frame.
+    pub fn take(&mut self) -> Bytes {
+        self.buf.split().freeze()
     }
 }
 

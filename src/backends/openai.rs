@@ -44,7 +44,7 @@ use serde_json::{Map, Value};
 use tokio::time::{Instant, Sleep};
 
 use super::http1_pool::{DrivenBody, Http1Pool, SendError};
-use super::sse_parser::{SseEvent, SseParser, DEFAULT_MAX_EVENT_BYTES};
+use super::sse_parser::{Event, SseParser, DEFAULT_MAX_EVENT_BYTES};
 use super::wire_chunk::{ChunkReader, WireChunk};
 use super::wire_delta::WireDelta;
 use super::{Backend, BackendRequest, ChatFuture, EventStream, Readiness};
@@ -108,8 +108,6 @@ struct SseEvents {
     parser: SseParser,
     /// Decodes each event's chunk, skipping the beginning the stream's chunks repeat.
     chunks: ChunkReader,
-    /// Scratch space for the parser's output, kept to reuse its allocation.
-    parsed: Vec<SseEvent>,
     /// Events decoded but not yet handed out.
     pending: VecDeque<BackendEvent>,
     /// The failure to report once `pending` is empty.
@@ -322,10 +320,9 @@ impl Backend for OpenAiBackend {
                 body: Some(body),
                 parser: SseParser::new(max_event_bytes),
                 chunks: ChunkReader::default(),
-                // Room for one: a stream that trickles (or idles) parses one event per read, and
-                // the default first growth (four) would hold ~0.7 KB per open stream for nothing.
-                // A burst grows them once.
-                parsed: Vec::with_capacity(1),
+                // Room for one: a stream that trickles (or idles) decodes one event per read, and
+                // the default first growth (four) would hold memory per open stream for nothing.
+                // A burst grows it once.
                 pending: VecDeque::with_capacity(1),
                 failure: None,
                 done: false,
@@ -440,29 +437,27 @@ impl SseEvents {
 
     /// Decodes one body chunk into `pending`.
     fn on_bytes(&mut self, bytes: &[u8]) {
-        let mut parsed = std::mem::take(&mut self.parsed);
-        let fed = self.parser.feed(bytes, &mut parsed);
-        for event in parsed.drain(..) {
-            self.on_event(event);
-            if self.done || self.failure.is_some() {
-                break;
+        // Out of `self` while it hands over events, which borrow from it or from `bytes`.
+        let mut parser = std::mem::take(&mut self.parser);
+        let fed = parser.feed_with(bytes, |event| {
+            if !self.done && self.failure.is_none() {
+                self.on_event(event);
             }
-        }
-        parsed.clear();
-        self.parsed = parsed;
+        });
+        self.parser = parser;
         if let Err(e) = fed {
             let detail = e.to_string();
             self.fail(protocol(&self.backend, &detail));
         }
     }
 
-    fn on_event(&mut self, event: SseEvent) {
+    fn on_event(&mut self, event: Event<'_>) {
         let data = event.data.trim();
         if data == "[DONE]" {
             self.done = true;
             return;
         }
-        if event.event.as_deref() == Some("error") {
+        if event.event == Some("error") {
             tracing::warn!(backend = %self.backend, "upstream sent an error event mid-stream");
             return self.fail(protocol(&self.backend, "the upstream reported an error"));
         }

@@ -32,6 +32,28 @@ pub struct SseEvent {
     pub id: Option<String>,
 }
 
+/// One dispatched event, borrowed from the parser or from the chunk it was fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event<'a> {
+    /// The `event:` field; `None` means the default type, `message`.
+    pub event: Option<&'a str>,
+    /// The `data:` lines, joined with `\n`.
+    pub data: &'a str,
+    /// The last event id seen on the stream.
+    pub id: Option<&'a str>,
+}
+
+impl Event<'_> {
+    /// The event, owned.
+    pub fn to_owned(&self) -> SseEvent {
+        SseEvent {
+            event: self.event.map(str::to_owned),
+            data: self.data.to_owned(),
+            id: self.id.map(str::to_owned),
+        }
+    }
+}
+
 /// Why a stream could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SseError {
@@ -104,7 +126,20 @@ impl SseParser {
     /// Parses one chunk, appending every event it completes to `out`.
     ///
     /// Events completed before an error are still appended; after an error every call fails.
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        self.feed_with(input, |e| out.push(e.to_owned()))
+    }
+
+    /// Parses one chunk, handing every event it completes to `on_event`, borrowed: an event
+    /// whose data is one line inside `input` (an OpenAI chunk, the usual case) is a slice of
+    /// `input`, not a copy.
+    ///
+    /// Events completed before an error are still handed over; after an error every call fails.
+    pub fn feed_with(
+        &mut self,
+        mut input: &[u8],
+        mut on_event: impl FnMut(Event<'_>),
+    ) -> Result<(), SseError> {
         if self.failed {
             return Err(self.too_large());
         }
@@ -114,19 +149,30 @@ impl SseParser {
                 input = &input[1..];
             }
         }
+        // The data of the event being built when it is a single line of `input` so far; copied
+        // into `data` only if the event goes on past this chunk or gets a second data line.
+        let mut single: Option<&str> = None;
+        let mut result = Ok(());
         while let Some(pos) = memchr::memchr2(b'\n', b'\r', input) {
             let (part, eol, mut rest) = (&input[..pos], input[pos], &input[pos + 1..]);
             if self.line.is_empty() {
-                self.process_line(part, out)?;
+                result = self.process_line(part, &mut single, &mut on_event);
             } else {
-                self.check(self.line.len() + part.len())?;
-                self.line.extend_from_slice(part);
-                let line = std::mem::take(&mut self.line);
-                let result = self.process_line(&line, out);
-                // Keep the allocation for the next split line.
-                self.line = line;
-                self.line.clear();
-                result?;
+                self.keep(&mut single);
+                result = self.check(self.line.len() + part.len());
+                if result.is_ok() {
+                    self.line.extend_from_slice(part);
+                    let line = std::mem::take(&mut self.line);
+                    let mut local = None;
+                    result = self.process_line(&line, &mut local, &mut on_event);
+                    self.keep(&mut local);
+                    // Keep the allocation for the next split line.
+                    self.line = line;
+                    self.line.clear();
+                }
+            }
+            if result.is_err() {
+                break;
             }
             if eol == b'\r' {
                 match rest.first() {
@@ -137,6 +183,8 @@ impl SseParser {
             }
             input = rest;
         }
+        self.keep(&mut single);
+        result?;
         if !input.is_empty() {
             self.check(self.line.len() + input.len())?;
             self.line.extend_from_slice(input);
@@ -162,25 +210,43 @@ impl SseParser {
 
     /// Fails when a line of `line_len` bytes on top of the current data would exceed the bound.
     fn check(&mut self, line_len: usize) -> Result<(), SseError> {
-        if self.data.len() + line_len > self.max_event_bytes {
+        self.check_with(0, line_len)
+    }
+
+    /// As [`check`](Self::check), with `pending` bytes of data not yet in the buffer.
+    fn check_with(&mut self, pending: usize, line_len: usize) -> Result<(), SseError> {
+        if self.data.len() + pending + line_len > self.max_event_bytes {
             self.failed = true;
             return Err(self.too_large());
         }
         Ok(())
     }
 
-    fn process_line(&mut self, mut line: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+    /// Moves a single borrowed data line into the data buffer, as every later line goes there.
+    fn keep(&mut self, single: &mut Option<&str>) {
+        if let Some(text) = single.take() {
+            self.data.reserve(text.len() + 1);
+            self.data.push_str(text);
+            self.data.push('\n');
+        }
+    }
+
+    fn process_line<'a>(
+        &mut self,
+        mut line: &'a [u8],
+        single: &mut Option<&'a str>,
+        on_event: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), SseError> {
         // Checked before the byte-order mark is stripped, so the bound does not depend on where
-        // the chunks were cut.
-        self.check(line.len())?;
+        // the chunks were cut. A borrowed line counts with its newline, as in the buffer.
+        let pending = single.map_or(0, |t| t.len() + 1);
+        self.check_with(pending, line.len())?;
         if self.at_start {
             self.at_start = false;
             line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
         }
         if line.is_empty() {
-            if let Some(event) = self.take_event() {
-                out.push(event);
-            }
+            self.dispatch(single.take(), on_event);
             return Ok(());
         }
         if line[0] == b':' {
@@ -194,17 +260,30 @@ impl SseParser {
             None => (line, &b""[..]),
         };
         match field {
-            b"data" => {
-                // Valid UTF-8 is the norm: checked in one pass, replaced only when it is not.
-                // Room for the line and its newline at once: one allocation per event, not two.
-                self.data.reserve(value.len() + 1);
-                match std::str::from_utf8(value) {
-                    Ok(text) => self.data.push_str(text),
-                    Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),
+            b"data" => match std::str::from_utf8(value) {
+                // The first data line of an event stays where it is until the event ends.
+                Ok(text) if !self.has_data => {
+                    *single = Some(text);
+                    self.has_data = true;
                 }
-                self.data.push('\n');
-                self.has_data = true;
-            }
+                // Valid UTF-8 is the norm: checked in one pass, replaced only when it is not.
+                decoded => {
+                    self.keep(single);
+                    let lossy;
+                    let text = match decoded {
+                        Ok(text) => text,
+                        Err(_) => {
+                            lossy = String::from_utf8_lossy(value);
+                            &lossy
+                        }
+                    };
+                    // Room for the line and its newline at once.
+                    self.data.reserve(text.len() + 1);
+                    self.data.push_str(text);
+                    self.data.push('\n');
+                    self.has_data = true;
+                }
+            },
             b"event" => self.event_type = Some(String::from_utf8_lossy(value).into_owned()),
             b"id" if !value.contains(&0) => {
                 self.last_id = Some(String::from_utf8_lossy(value).into_owned());
@@ -219,21 +298,32 @@ impl SseParser {
         Ok(())
     }
 
-    /// The event being built, if it has data; the data and type buffers are reset either way.
-    fn take_event(&mut self) -> Option<SseEvent> {
+    /// Ends the event being built: hands it over if it has data (`single`, or the buffer), and
+    /// resets the data and type either way. The buffer keeps its allocation for the next event.
+    fn dispatch(&mut self, single: Option<&str>, on_event: &mut impl FnMut(Event<'_>)) {
         let event_type = self.event_type.take();
-        if !self.has_data {
+        if !std::mem::take(&mut self.has_data) {
             self.data.clear();
-            return None;
+            return;
         }
-        self.has_data = false;
-        let mut data = std::mem::take(&mut self.data);
-        data.pop();
-        Some(SseEvent {
-            event: event_type.filter(|t| !t.is_empty()),
+        let data = match single {
+            Some(text) => text,
+            // Without the newline after the last line.
+            None => self.data.strip_suffix('\n').unwrap_or(&self.data),
+        };
+        on_event(Event {
+            event: event_type.as_deref().filter(|t| !t.is_empty()),
             data,
-            id: self.last_id.clone().filter(|id| !id.is_empty()),
-        })
+            id: self.last_id.as_deref().filter(|id| !id.is_empty()),
+        });
+        self.data.clear();
+    }
+
+    /// The event being built, if it has data, owned; the data and type buffers are reset.
+    fn take_event(&mut self) -> Option<SseEvent> {
+        let mut event = None;
+        self.dispatch(None, &mut |e| event = Some(e.to_owned()));
+        event
     }
 }
 
@@ -404,6 +494,27 @@ mod tests {
         assert_eq!(run(&bytes, 1 << 20), expected);
     }
 
+    #[test]
+    fn a_single_data_line_is_handed_over_without_a_copy() {
+        let input = b"data: {\"a\":1}\n\ndata: x\ndata: y\n\ndata: cut";
+        let mut p = SseParser::default();
+        let mut seen = Vec::new();
+        p.feed_with(input, |e| {
+            let inside = input.as_ptr_range().contains(&e.data.as_ptr());
+            seen.push((e.data.to_owned(), inside));
+        })
+        .unwrap();
+        // A two-line event is joined in the parser's buffer.
+        assert_eq!(
+            seen,
+            [("{\"a\":1}".to_owned(), true), ("x\ny".to_owned(), false)]
+        );
+        // An event cut by the end of a chunk is kept and completed by the next.
+        p.feed_with(b" here\n\n", |e| seen.push((e.data.to_owned(), false)))
+            .unwrap();
+        assert_eq!(seen[2].0, "cut here");
+    }
+
     /// A stream built from pieces that exercise every rule, with any line endings.
     fn stream_strategy() -> impl Strategy<Value = Vec<u8>> {
         let eol = prop_oneof![Just("\n"), Just("\r\n"), Just("\r")];
@@ -448,7 +559,11 @@ mod tests {
             cuts in prop::collection::vec(any::<usize>(), 0..20),
         ) {
             let expected = whole(&stream);
-            prop_assert_eq!(run(&split_at(&stream, &cuts), DEFAULT_MAX_EVENT_BYTES), expected);
+            prop_assert_eq!(&run(&split_at(&stream, &cuts), DEFAULT_MAX_EVENT_BYTES), &expected);
+            // fed whole, an event's single data line is borrowed from the input; fed a byte at a
+            // time, every line goes through the parser's own buffers
+            let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+            prop_assert_eq!(run(&bytes, DEFAULT_MAX_EVENT_BYTES), expected);
         }
 
         #[test]
@@ -461,7 +576,9 @@ mod tests {
             max in 4usize..64,
         ) {
             let expected = run(&[&stream], max);
-            prop_assert_eq!(run(&split_at(&stream, &cuts), max), expected);
+            prop_assert_eq!(&run(&split_at(&stream, &cuts), max), &expected);
+            let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+            prop_assert_eq!(run(&bytes, max), expected);
         }
     }
 }

@@ -12,6 +12,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use super::wire_delta::WireDelta;
 use crate::api::types::Usage;
@@ -19,13 +20,17 @@ use crate::api::types::Usage;
 /// One `chat.completion.chunk` (or a whole `chat.completion`), reduced to what the gateway reads.
 #[derive(Debug, Deserialize, PartialEq)]
 pub struct WireChunk {
+    /// Nearly always one choice: kept inline, not allocated per chunk.
     #[serde(default)]
-    pub choices: Vec<WireChoice>,
+    pub choices: Choices,
     #[serde(default)]
     pub usage: Option<WireUsage>,
     #[serde(default)]
     pub error: Option<Value>,
 }
+
+/// The `choices` of one chunk.
+pub type Choices = SmallVec<[WireChoice; 1]>;
 
 /// One entry of `choices`.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -460,8 +465,8 @@ impl<'a> Reader<'a> {
         Some((chunk, choices_at))
     }
 
-    fn choices(&mut self) -> Option<Vec<WireChoice>> {
-        let mut out = Vec::with_capacity(1);
+    fn choices(&mut self) -> Option<Choices> {
+        let mut out = Choices::new();
         self.list(b'[', b']', |r| {
             out.push(r.choice()?);
             Some(())

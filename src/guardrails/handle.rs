@@ -373,8 +373,13 @@ impl OutputScanner {
     /// `release` and end the stream with `finish_reason: "content_filter"`; later pushes
     /// release nothing.
     pub fn push(&mut self, text: &str) -> Pushed {
+        self.push_owned(text.to_owned())
+    }
+
+    /// As [`push`](Self::push), releasing into `text`'s own allocation.
+    pub fn push_owned(&mut self, text: String) -> Pushed {
         let t = Instant::now();
-        let out = self.scanner.push(text);
+        let out = self.scanner.push_owned(text);
         self.elapsed += t.elapsed();
         self.collect(out.blocked);
         out

@@ -17,6 +17,9 @@ use super::engine::{Hit, ScanState};
 use super::probe::floor_boundary;
 use super::{Action, Direction};
 
+/// Released text kept behind the lookbehind before the window is trimmed.
+const MIN_WINDOW: usize = 256;
+
 /// One decision about a span of the text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
@@ -117,14 +120,26 @@ impl Scanner {
 
     /// Adds text; returns what may be released now.
     pub fn push(&mut self, text: &str) -> Pushed {
+        self.push_owned(text.to_owned())
+    }
+
+    /// Adds text; returns what may be released now, written into `text`'s own allocation (a
+    /// streamed token is usually released whole, so it costs no allocation of its own).
+    pub fn push_owned(&mut self, mut text: String) -> Pushed {
         if self.blocked.is_some() || self.finished {
             return Pushed {
                 release: String::new(),
                 blocked: self.blocked.is_some(),
             };
         }
-        self.buf.push_str(text);
-        self.step(false)
+        if self.buf.capacity() == 0 {
+            // Room for the window the scanner keeps (see `trim`), so a stream's tokens do not
+            // grow it step by step.
+            self.buf.reserve(text.len().max(2 * MIN_WINDOW));
+        }
+        self.buf.push_str(&text);
+        text.clear();
+        self.step(false, text)
     }
 
     /// Ends the text: releases whatever was held back.
@@ -135,7 +150,7 @@ impl Scanner {
                 blocked: self.blocked.is_some(),
             };
         }
-        let out = self.step(true);
+        let out = self.step(true, String::new());
         self.finished = true;
         out
     }
@@ -155,7 +170,8 @@ impl Scanner {
         self.base + self.buf.len() - self.released
     }
 
-    fn step(&mut self, finished: bool) -> Pushed {
+    /// Scans what was added; what may be released is appended to `out`.
+    fn step(&mut self, finished: bool, mut out: String) -> Pushed {
         let policy = Arc::clone(&self.policy);
         let engine = policy.engine(self.dir);
         let settled = engine.advance(
@@ -171,7 +187,6 @@ impl Scanner {
         self.pending.sort_by_key(|h| (h.start, h.source, h.end));
         let ready = self.pending.partition_point(|h| h.start < settled);
         let decide: Vec<Hit> = self.pending.drain(..ready).collect();
-        let mut out = String::new();
         for hit in decide {
             if self.decide(&policy, hit, &mut out) {
                 self.trim();
@@ -288,7 +303,7 @@ impl Scanner {
         let keep_from = self
             .released
             .saturating_sub(self.policy.engine(self.dir).lookbehind);
-        if keep_from > self.base + 256 {
+        if keep_from > self.base + MIN_WINDOW {
             let cut = floor_boundary(&self.buf, keep_from - self.base);
             self.buf.drain(..cut);
             self.base += cut;

@@ -19,7 +19,7 @@ use super::output::OutputFilter;
 use super::record::{Outcome, RequestRecord};
 use crate::api::body::{self, Body};
 use crate::api::coalesce::Coalesce;
-use crate::api::sse::{ChunkEncoder, Collector, DONE, KEEP_ALIVE};
+use crate::api::sse::{ChunkEncoder, Collector, FrameBuffer, DONE, KEEP_ALIVE};
 use crate::api::types::{BackendEvent, ChatRequest, ChoiceDelta};
 use crate::api::validate;
 use crate::auth::Caller;
@@ -313,6 +313,7 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
         tokio::pin!(stop);
         let mut quiet = IdleTimer::new(keep_alive);
         let mut usage = None;
+        let mut out = FrameBuffer::default();
         loop {
             let waited = Instant::now();
             let next = tokio::select! {
@@ -340,7 +341,8 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
                         if carries_output(&d) {
                             record.token(Instant::now(), &d);
                         }
-                        yield encoder.delta(&d);
+                        encoder.delta_into(&d, out.room());
+                        yield out.take();
                     }
                     if filter.blocked() {
                         // The answer ends here; the backend stream is dropped below, which
@@ -358,12 +360,14 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
                 }
                 None => {
                     for d in filter.end() {
-                        yield encoder.delta(&d);
+                        encoder.delta_into(&d, out.room());
+                        yield out.take();
                     }
                     record.usage = usage;
                     record.outcome = Outcome::Ok;
                     if let (true, Some(u)) = (include_usage, usage) {
-                        yield encoder.usage(&u);
+                        encoder.usage_into(&u, out.room());
+                        yield out.take();
                     }
                     yield Bytes::from_static(DONE);
                     break;

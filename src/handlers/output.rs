@@ -107,7 +107,7 @@ impl OutputFilter {
             return Deltas::one(d);
         }
         if let Some(text) = d.content.take().filter(|t| !t.is_empty()) {
-            let pushed = scanner.push(&text);
+            let pushed = scanner.push_owned(text);
             d.content = Some(pushed.release);
             if pushed.blocked {
                 let mut out = Vec::with_capacity(2);
