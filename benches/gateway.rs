@@ -11,7 +11,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
 
-use sluice::api::sse::ChunkEncoder;
+use sluice::api::sse::{ChunkEncoder, FrameBuffer};
 use sluice::api::types::ChoiceDelta;
 use sluice::api::validate;
 use sluice::audit::AuditLog;
@@ -20,6 +20,7 @@ use sluice::backends::wire_chunk::{ChunkReader, WireChunk};
 use sluice::config::Config;
 use sluice::limits::RateLimits;
 use sluice::metrics::Metrics;
+use sluice::request_id::RequestId;
 use sluice::routing::ModelRouter;
 
 /// One OpenAI chunk event as an upstream sends it, for `tokens` tokens.
@@ -44,6 +45,14 @@ fn sse_encode(c: &mut Criterion) {
     };
     g.throughput(Throughput::Elements(1));
     g.bench_function("chunk_encoder", |b| b.iter(|| enc.delta(black_box(&delta))));
+    // As a stream renders: into its frame buffer, each event a slice of it.
+    g.bench_function("chunk_encoder_into_frame_buffer", |b| {
+        let mut out = FrameBuffer::default();
+        b.iter(|| {
+            enc.delta_into(black_box(&delta), out.room());
+            out.take()
+        })
+    });
     // Naive: build a serde_json::Value tree for each chunk, then serialise it.
     g.bench_function("naive_json_value", |b| {
         b.iter(|| {
@@ -81,6 +90,16 @@ fn sse_parse(c: &mut Criterion) {
             out.clear();
             p.feed(black_box(&stream), &mut out).unwrap();
             out.len()
+        })
+    });
+    // As the gateway reads: events borrowed from the input, nothing copied or allocated.
+    g.bench_function("parser_whole_borrowed", |b| {
+        b.iter(|| {
+            let mut p = SseParser::default();
+            let mut n = 0usize;
+            p.feed_with(black_box(&stream), |e| n += e.data.len())
+                .unwrap();
+            n
         })
     });
     // As TCP delivers it in practice: pieces that cut lines anywhere.
@@ -271,6 +290,8 @@ fn request_ids(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The gateway's: a shared header value, used by every layer without a copy.
+    g.bench_function("request_id_generate", |b| b.iter(RequestId::generate));
     g.finish();
 }
 

@@ -85,6 +85,11 @@ impl<S: Stream<Item = Bytes>> Stream for Coalesce<S> {
                 Poll::Ready(None) => *this.done = true,
                 Poll::Pending => {
                     if this.first.is_none() && this.merged.is_empty() {
+                        // Going quiet: a stream that waits keeps no merge buffer (the last merged
+                        // frame owns its bytes until it is written).
+                        if this.merged.capacity() != 0 {
+                            *this.merged = BytesMut::new();
+                        }
                         return Poll::Pending;
                     }
                     if *this.turns < MAX_IDLE_TURNS && *this.turns_total < MAX_TURNS {

@@ -129,11 +129,14 @@ impl ChunkEncoder {
 ///
 /// Each event is written behind the previous one and handed out as a slice
 /// ([`BytesMut::split`]): the slices of a burst share one allocation, and once the connection
-/// has written them the buffer is whole again and is reused. A stream allocates its buffer when
-/// its first event comes, so an open stream that is still waiting holds none.
+/// has written them the buffer is whole again and is reused. The first event gets an exact
+/// allocation of its own and the buffer comes with the second, so a stream that stops after its
+/// first event (an upstream that sent the role, then went quiet) keeps nothing.
 #[derive(Debug, Default)]
 pub struct FrameBuffer {
     buf: BytesMut,
+    /// Whether the first event was handed out.
+    started: bool,
 }
 
 impl FrameBuffer {
@@ -144,7 +147,7 @@ impl FrameBuffer {
 
     /// The buffer to render the next event into.
     pub fn room(&mut self) -> &mut BytesMut {
-        if self.buf.capacity() < Self::LOW {
+        if self.started && self.buf.capacity() < Self::LOW {
             self.buf.reserve(Self::CAPACITY);
         }
         &mut self.buf
@@ -152,7 +155,12 @@ impl FrameBuffer {
 
     /// What was rendered since the last call, as one frame.
     pub fn take(&mut self) -> Bytes {
-        self.buf.split().freeze()
+        let frame = self.buf.split().freeze();
+        if !std::mem::replace(&mut self.started, true) {
+            // Not kept: the first frame's allocation goes once it is written.
+            self.buf = BytesMut::new();
+        }
+        frame
     }
 }
 
@@ -300,6 +308,32 @@ fn merge_tool_calls(acc: &mut BTreeMap<u64, Value>, fragments: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_after_the_first_share_one_buffer_and_the_first_keeps_none() {
+        let enc = ChunkEncoder::new("c", 1, "m", false);
+        let d = ChoiceDelta {
+            content: Some("tok".into()),
+            ..Default::default()
+        };
+        let mut out = FrameBuffer::default();
+        enc.delta_into(&d, out.room());
+        let first = out.take();
+        assert_eq!(first, enc.delta(&d));
+        // Nothing held after the first event.
+        assert_eq!(out.buf.capacity(), 0);
+        let frames: Vec<Bytes> = (0..3)
+            .map(|_| {
+                enc.delta_into(&d, out.room());
+                out.take()
+            })
+            .collect();
+        for pair in frames.windows(2) {
+            assert_eq!(pair[0], first);
+            // One allocation: each frame starts where the previous one ends.
+            assert_eq!(pair[0].as_ptr_range().end, pair[1].as_ptr());
+        }
+    }
 
     /// The chunk as serialising it whole gives it: what the encoder must match byte for byte.
     mod reference {

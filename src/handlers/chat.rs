@@ -58,11 +58,6 @@ struct GatewayHeaders {
 }
 
 impl GatewayHeaders {
-    /// How many headers [`apply_to`](Self::apply_to) may insert.
-    fn len(&self) -> usize {
-        self.rate.len() + 2
-    }
-
     fn apply_to(&self, h: &mut HeaderMap) {
         self.rate.apply_to(h);
         if let Some(v) = &self.target.name {
@@ -383,9 +378,6 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
     let frames = Coalesce::new(frames).map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
     let h = resp.headers_mut();
-    // Room for every header at once, rather than growing the map two or three times: these, the
-    // gateway's, the policy version and the request id.
-    h.reserve(3 + gateway_headers.len() + 2);
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
