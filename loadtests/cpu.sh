@@ -25,14 +25,7 @@ command -v perf >/dev/null || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
 }
 
-MOCK_PORT="$(free_port)"
-start_mock "$MOCK_PORT"
-NGINX_PORT="$(free_port)"
-start_nginx "$NGINX_PORT" "$MOCK_PORT"
-ON_PORT="$(free_port)"
-sluice_config "$WORK/on.toml" "$ON_PORT" "$MOCK_PORT" on
-start_sluice "$WORK/on.toml" "$ON_PORT"
-ON_PID="$SLUICE_PID"
+start_proxied
 TARGETS=("nginx $NGINX_PORT - nginx" "sluice-on $ON_PORT $BENCH_KEY $ON_PID")
 if [[ -n "${SLUICE_BEFORE:-}" ]]; then
     start_before "$MOCK_PORT"

@@ -109,6 +109,20 @@ start_before() {
     TARGETS+=("sluice-before $port $BENCH_KEY")
 }
 
+# start_proxied [MOCK_ARGS...]: the scenarios' common set-up. The mock upstream (with MOCK_ARGS),
+# nginx in front of it and the gateway with the "on" config (keys, limits, policy snippets); sets
+# MOCK_PORT, NGINX_PORT, ON_PORT and ON_PID.
+start_proxied() {
+    MOCK_PORT="$(free_port)"
+    start_mock "$MOCK_PORT" "$@"
+    NGINX_PORT="$(free_port)"
+    start_nginx "$NGINX_PORT" "$MOCK_PORT"
+    ON_PORT="$(free_port)"
+    sluice_config "$WORK/on.toml" "$ON_PORT" "$MOCK_PORT" on
+    start_sluice "$WORK/on.toml" "$ON_PORT"
+    ON_PID="$SLUICE_PID"
+}
+
 # stop PID: stops one process this scenario started.
 stop() {
     kill "$1" 2>/dev/null || true

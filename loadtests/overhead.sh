@@ -27,13 +27,7 @@ need_nginx
 [[ "$WRK" == 1 ]] && need_wrk
 raise_nofile 65536
 
-MOCK_PORT="$(free_port)"
-start_mock "$MOCK_PORT"
-NGINX_PORT="$(free_port)"
-start_nginx "$NGINX_PORT" "$MOCK_PORT"
-ON_PORT="$(free_port)"
-sluice_config "$WORK/on.toml" "$ON_PORT" "$MOCK_PORT" on
-start_sluice "$WORK/on.toml" "$ON_PORT"
+start_proxied
 OFF_PORT="$(free_port)"
 sluice_config "$WORK/off.toml" "$OFF_PORT" "$MOCK_PORT" off
 start_sluice "$WORK/off.toml" "$OFF_PORT"

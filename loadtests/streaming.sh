@@ -19,13 +19,7 @@ build
 need_nginx
 raise_nofile 65536
 
-MOCK_PORT="$(free_port)"
-start_mock "$MOCK_PORT" --ttft-ms 20 --gap-ms 20 --tokens 200
-NGINX_PORT="$(free_port)"
-start_nginx "$NGINX_PORT" "$MOCK_PORT"
-ON_PORT="$(free_port)"
-sluice_config "$WORK/on.toml" "$ON_PORT" "$MOCK_PORT" on
-start_sluice "$WORK/on.toml" "$ON_PORT"
+start_proxied --ttft-ms 20 --gap-ms 20 --tokens 200
 TARGETS=("direct $MOCK_PORT -" "nginx $NGINX_PORT -" "sluice-on $ON_PORT $BENCH_KEY")
 start_before "$MOCK_PORT"
 
