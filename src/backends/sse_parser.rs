@@ -225,10 +225,15 @@ impl SseParser {
     /// Moves a single borrowed data line into the data buffer, as every later line goes there.
     fn keep(&mut self, single: &mut Option<&str>) {
         if let Some(text) = single.take() {
-            self.data.reserve(text.len() + 1);
-            self.data.push_str(text);
-            self.data.push('\n');
+            self.push_data_line(text);
         }
+    }
+
+    /// Appends one data line and its newline to the buffer, with room for both at once.
+    fn push_data_line(&mut self, text: &str) {
+        self.data.reserve(text.len() + 1);
+        self.data.push_str(text);
+        self.data.push('\n');
     }
 
     fn process_line<'a>(
@@ -277,10 +282,7 @@ impl SseParser {
                             &lossy
                         }
                     };
-                    // Room for the line and its newline at once.
-                    self.data.reserve(text.len() + 1);
-                    self.data.push_str(text);
-                    self.data.push('\n');
+                    self.push_data_line(text);
                     self.has_data = true;
                 }
             },
