@@ -23,11 +23,24 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
 
 use crate::metrics::Metrics;
 
 /// How long a stopping worker waits for its blocking tasks before it leaves them behind.
 const BLOCKING_GRACE: Duration = Duration::from_secs(5);
+
+/// The period of each worker's heartbeat timer, shorter than any timeout a request arms.
+///
+/// Arming a timer that expires before the runtime's next planned wake-up makes tokio wake its
+/// I/O driver (an `eventfd` write), even when the driver is not parked but running the very task
+/// that armed the timer (tokio-rs/tokio#5207). Every keep-alive request arms one: hyper's
+/// header-read timeout (10 s) for the connection's next request is armed as the response ends,
+/// while the runtime last planned its wake-up for the longer upstream timeouts (60 s) that
+/// request had armed. With a timer never more than this far away, the planned wake-up is always
+/// sooner than a new timeout, and the write (one syscall per request, seen with strace under the
+/// overhead scenario) goes away. Its cost is one wake-up per second per worker.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Work run inside a worker's runtime (so it may spawn tasks and register sockets there).
 type Job = Box<dyn FnOnce(Open) + Send>;
@@ -84,9 +97,17 @@ impl Workers {
                 .spawn(move || {
                     INDEX.with(|i| i.set(Some(index)));
                     runtime.block_on(async move {
+                        let heartbeat = tokio::spawn(async {
+                            let mut beat = tokio::time::interval(HEARTBEAT);
+                            beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                            loop {
+                                beat.tick().await;
+                            }
+                        });
                         while let Some((job, open)) = rx.recv().await {
                             job(open);
                         }
+                        heartbeat.abort();
                     });
                     // Connections still open here were ended by the server's shutdown sequence
                     // (or its caller gave up on them): their tasks are dropped with the runtime.
