@@ -19,6 +19,7 @@ pub mod idle_timer;
 pub mod json_text;
 pub mod layers;
 pub mod limits;
+pub mod log_batch;
 pub mod metrics;
 pub mod mock_upstream;
 pub mod request_id;

@@ -76,6 +76,23 @@ impl LineWriter {
     pub fn line(&self) -> Line<'_> {
         self.make_writer()
     }
+
+    /// Whether both write to the same descriptor.
+    pub fn same(&self, other: &LineWriter) -> bool {
+        match (&self.file, &other.file) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// A writer to `file`.
+    #[cfg(test)]
+    pub(crate) fn to_file(file: File) -> Self {
+        LineWriter {
+            file: Some(Arc::new(file)),
+        }
+    }
 }
 
 impl<'a> MakeWriter<'a> for LineWriter {
