@@ -9,7 +9,12 @@
 # loadtests/policy.d/); through Sluice with them off. Requests stream (`"stream": true`, a 5-token
 # answer) unless STREAM=0. Then wrk cross-checks the request rate at 32 connections.
 #
-# Environment: DURATION (per point, 5s), WARMUP (1s), CONNS ("1 32 256"), STREAM (1),
+# Each concurrency is measured in ROUNDS rounds, the targets taking turns within a round, and the
+# table gives each target's medians; a target's added latency is taken in each round against
+# that round's direct run. One window per target is not enough here: on a 2-core VM the latency
+# at one connection moves by half between windows with where the scheduler puts the processes.
+#
+# Environment: DURATION (per point, 5s), WARMUP (1s), ROUNDS (3), CONNS ("1 32 256"), STREAM (1),
 # SLUICE_BEFORE (a second sluice binary, measured as `sluice-before`, for before/after
 # comparisons), SLUICE_BEFORE_REPO (a checkout of that binary's commit, whose guardrails/ it
 # serves; this checkout's policy when unset), WRK (1; 0 skips the cross-check), KEEP_WORK (keep
@@ -18,6 +23,7 @@ source "$(dirname "$0")/lib.sh"
 
 DURATION="${DURATION:-5s}"
 WARMUP="${WARMUP:-1s}"
+ROUNDS="${ROUNDS:-3}"
 CONNS="${CONNS:-1 32 256}"
 STREAM="${STREAM:-1}"
 WRK="${WRK:-1}"
@@ -41,18 +47,20 @@ STREAM_FLAG=()
 RESULTS="$WORK/overhead.jsonl"
 machine >&2
 for c in $CONNS; do
-    for t in "${TARGETS[@]}"; do
-        read -r label port key <<<"$t"
-        KEY_ARGS=()
-        [[ "$key" != - ]] && KEY_ARGS=(--key "$key")
-        "$BIN/loadgen" run --url "http://127.0.0.1:$port/v1/chat/completions" -c "$c" \
-            --duration "$DURATION" --warmup "$WARMUP" "${STREAM_FLAG[@]}" "${KEY_ARGS[@]}" \
-            --label "$label" --out "$RESULTS" >/dev/null
+    for _ in $(seq "$ROUNDS"); do
+        for t in "${TARGETS[@]}"; do
+            read -r label port key <<<"$t"
+            KEY_ARGS=()
+            [[ "$key" != - ]] && KEY_ARGS=(--key "$key")
+            "$BIN/loadgen" run --url "http://127.0.0.1:$port/v1/chat/completions" -c "$c" \
+                --duration "$DURATION" --warmup "$WARMUP" "${STREAM_FLAG[@]}" "${KEY_ARGS[@]}" \
+                --label "$label" --out "$RESULTS" >/dev/null
+        done
     done
 done
 
 echo
-echo "### Overhead ($([[ "$STREAM" == 1 ]] && echo streaming || echo non-streaming), $DURATION per point)"
+echo "### Overhead ($([[ "$STREAM" == 1 ]] && echo streaming || echo non-streaming), $DURATION per point, medians of $ROUNDS rounds)"
 echo
 machine | sed 's/^/    /'
 echo
