@@ -141,19 +141,7 @@ mod tests {
     use std::io::{Read, Seek};
 
     fn scratch() -> (File, LineWriter) {
-        let path = std::env::temp_dir().join(format!(
-            "sluice-batch-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let _ = std::fs::remove_file(&path);
+        let file = crate::telemetry::scratch_file();
         let writer = LineWriter::to_file(file.try_clone().unwrap());
         (file, writer)
     }

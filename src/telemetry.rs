@@ -95,6 +95,27 @@ impl LineWriter {
     }
 }
 
+/// A new empty file, readable and writable, whose name is already gone (so nothing is left
+/// behind); a name of its own for each call, so tests running side by side never share one.
+#[cfg(test)]
+pub(crate) fn scratch_file() -> File {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "sluice-log-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    file
+}
+
 impl<'a> MakeWriter<'a> for LineWriter {
     type Writer = Line<'a>;
 
@@ -155,18 +176,5 @@ mod tests {
         assert!(lines
             .iter()
             .all(|l| l.starts_with("thread ") && l.ends_with(&"x".repeat(100))));
-    }
-
-    fn scratch_file() -> File {
-        let path = std::env::temp_dir().join(format!("sluice-log-{}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let _ = std::fs::remove_file(&path);
-        file
     }
 }
