@@ -6,8 +6,8 @@
 //! `1.1093030000000002`). Here the line is rendered with integer arithmetic straight into the
 //! worker's batch of lines ([`crate::log_batch`], written after the response), in the same shape
 //! as every other line (timestamp, level, target, message, fields; text or JSON as configured).
-//! Durations are milliseconds with six decimals, exact to the nanosecond. The log filter still decides: with
-//! `RUST_LOG=sluice::access=off` nothing is rendered.
+//! Durations are milliseconds with six decimals, exact to the nanosecond. The log filter still
+//! decides: with `RUST_LOG=sluice::access=off` nothing is rendered.
 //!
 //! Until [`install`] is called (a library user, a test) the line goes through `tracing` as any
 //! other event would.

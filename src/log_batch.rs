@@ -10,8 +10,9 @@
 //!
 //! Nothing is lost on the way out: the batch is written when its task is dropped unrun (a
 //! runtime shutting down), and when its thread ends. A batch that reaches [`MAX_BATCH`] bytes is
-//! written at once, so memory stays bounded even if its task never ran. Elsewhere (no runtime, a
-//! multi-threaded one, where the task could run on another thread) a line is written at once.
+//! written at once, so memory stays bounded even if its task never ran. Anywhere but a worker's
+//! own thread (no runtime, a multi-threaded one or a blocking pool, where the task would run on
+//! another thread than the batch it should write) a line is written at once.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -43,14 +44,16 @@ struct Batch {
 struct WriteOnDrop;
 
 /// Renders a line with `render` and writes it to `writer`: after the running task yields when
-/// called on a single-threaded runtime, at once anywhere else. A line that cannot be written has
+/// called on a serving worker's thread, at once anywhere else. A line that cannot be written has
 /// nowhere to be reported, so write errors are dropped.
 pub fn emit(writer: &LineWriter, render: impl Fn(&mut Vec<u8>)) {
-    if let Ok(handle) = Handle::try_current() {
-        if handle.runtime_flavor() == RuntimeFlavor::CurrentThread
-            && defer(&handle, writer, &render)
-        {
-            return;
+    if crate::workers::current().is_some() {
+        if let Ok(handle) = Handle::try_current() {
+            if handle.runtime_flavor() == RuntimeFlavor::CurrentThread
+                && defer(&handle, writer, &render)
+            {
+                return;
+            }
         }
     }
     let _ = LINE.try_with(|line| {
@@ -137,6 +140,8 @@ impl Drop for WriteOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+    use crate::workers::Workers;
     use std::fs::File;
     use std::io::{Read, Seek};
 
@@ -157,16 +162,31 @@ mod tests {
         move |buf: &mut Vec<u8>| buf.extend_from_slice(text.as_bytes())
     }
 
-    fn single_threaded() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
+    /// Runs `body` as a task on a serving worker (the thread the gateway's connections run on)
+    /// and waits for it to end.
+    fn on_worker<F>(body: impl FnOnce() -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let workers = Workers::start(1, &Metrics::new()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers
+            .dispatch(move |open| {
+                tokio::spawn(async move {
+                    body().await;
+                    let _ = tx.send(());
+                    drop(open);
+                });
+            })
+            .unwrap();
+        rx.recv().expect("the task panicked");
+        workers.stop();
     }
 
     #[test]
-    fn on_a_single_threaded_runtime_lines_wait_for_the_task_to_yield() {
+    fn on_a_worker_lines_wait_for_the_task_to_yield() {
         let (mut file, writer) = scratch();
-        single_threaded().block_on(async {
+        on_worker(move || async move {
             emit(&writer, line("one\n"));
             emit(&writer, line("two\n"));
             assert_eq!(contents(&mut file), "");
@@ -181,17 +201,24 @@ mod tests {
     }
 
     #[test]
-    fn without_a_single_threaded_runtime_a_line_is_written_at_once() {
+    fn off_a_worker_a_line_is_written_at_once() {
         let (mut file, writer) = scratch();
         emit(&writer, line("outside\n"));
         assert_eq!(contents(&mut file), "outside\n");
-        let threaded = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        // A single-threaded runtime of its own, and its blocking pool, are not a worker.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        threaded.block_on(async {
-            emit(&writer, line("threaded\n"));
-            assert_eq!(contents(&mut file), "outside\nthreaded\n");
+        runtime.block_on(async {
+            emit(&writer, line("runtime\n"));
+            assert_eq!(contents(&mut file), "outside\nruntime\n");
+            let (w, mut f) = (writer.clone(), file.try_clone().unwrap());
+            tokio::task::spawn_blocking(move || {
+                emit(&w, line("blocking\n"));
+                assert_eq!(contents(&mut f), "outside\nruntime\nblocking\n");
+            })
+            .await
+            .unwrap();
         });
     }
 
@@ -199,7 +226,7 @@ mod tests {
     fn a_full_batch_is_written_without_waiting() {
         let (mut file, writer) = scratch();
         let long: &'static str = "x".repeat(1023).leak();
-        single_threaded().block_on(async {
+        on_worker(move || async move {
             let mut written = 0;
             while contents(&mut file).is_empty() {
                 emit(&writer, move |buf: &mut Vec<u8>| {
@@ -217,17 +244,40 @@ mod tests {
     }
 
     #[test]
-    fn lines_are_written_when_the_runtime_stops_before_the_task_ran() {
+    fn a_batch_is_written_when_its_task_is_dropped_unrun() {
         let (mut file, writer) = scratch();
-        std::thread::spawn(move || {
-            let runtime = single_threaded();
-            runtime.block_on(async {
-                emit(&writer, line("last words\n"));
-            });
-            drop(runtime);
-        })
-        .join()
-        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // The future ends without yielding, so the batch's task is still queued when the
+        // runtime is dropped, here on this thread (its end would write the batch as well).
+        runtime.block_on(async {
+            let handle = Handle::current();
+            assert!(defer(&handle, &writer, &line("queued\n")));
+            assert_eq!(contents(&mut file), "");
+        });
+        drop(runtime);
+        assert_eq!(contents(&mut file), "queued\n");
+    }
+
+    #[test]
+    fn lines_are_written_when_the_worker_stops() {
+        let (mut file, writer) = scratch();
+        let workers = Workers::start(1, &Metrics::new()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers
+            .dispatch(move |open| {
+                tokio::spawn(async move {
+                    emit(&writer, line("last words\n"));
+                    // The connection stays open until the worker stops.
+                    let _ = tx.send(());
+                    let _open = open;
+                    std::future::pending::<()>().await;
+                });
+            })
+            .unwrap();
+        rx.recv().unwrap();
+        workers.stop();
         assert_eq!(contents(&mut file), "last words\n");
     }
 }

@@ -77,7 +77,7 @@ impl LineWriter {
         self.make_writer()
     }
 
-    /// Whether both write to the same descriptor.
+    /// Whether both are clones of one writer.
     pub fn same(&self, other: &LineWriter) -> bool {
         match (&self.file, &other.file) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
