@@ -97,7 +97,8 @@ impl Workers {
                 .spawn(move || {
                     INDEX.with(|i| i.set(Some(index)));
                     runtime.block_on(async move {
-                        let heartbeat = tokio::spawn(async {
+                        // Dropped with the runtime, as every task still running here.
+                        tokio::spawn(async {
                             let mut beat = tokio::time::interval(HEARTBEAT);
                             beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
                             loop {
@@ -107,7 +108,6 @@ impl Workers {
                         while let Some((job, open)) = rx.recv().await {
                             job(open);
                         }
-                        heartbeat.abort();
                     });
                     // Connections still open here were ended by the server's shutdown sequence
                     // (or its caller gave up on them): their tasks are dropped with the runtime.
