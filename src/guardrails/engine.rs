@@ -77,6 +77,9 @@ pub(crate) struct Hit {
 pub(crate) struct ScanState {
     /// Per probe: every match starting before this offset has been reported.
     done: Vec<usize>,
+    /// Every entry of `done` is the same offset (the usual case: no probe is mid-match), so the
+    /// earliest of them is the first.
+    uniform: bool,
     kw_done: usize,
     /// The patterns that occur in the unsettled text, refilled at each step.
     found: Option<Found>,
@@ -162,6 +165,7 @@ impl Engine {
     pub fn start(&self) -> ScanState {
         ScanState {
             done: vec![0; self.probes.len()],
+            uniform: true,
             kw_done: 0,
             found: self.set.as_ref().map(Occurs::none_found),
         }
@@ -203,6 +207,7 @@ impl Engine {
         let n = base + hay.len();
         let ScanState {
             done,
+            uniform,
             kw_done,
             found,
         } = st;
@@ -229,73 +234,89 @@ impl Engine {
         };
         let mut settled = n;
         if let (Some(set), Some(matched)) = (&self.set, found) {
-            let from = done.iter().copied().min().unwrap_or(n);
+            let from = if *uniform {
+                done.first().copied()
+            } else {
+                done.iter().copied().min()
+            }
+            .unwrap_or(n);
             set.matches_into(hay, from - base, matched);
-            for (i, probe) in self.probes.iter().enumerate() {
-                let mut pos = done[i];
-                if !matched.matched(i) {
-                    let v = viable_from(pos);
-                    done[i] = v;
-                    settled = settled.min(v);
-                    continue;
-                }
-                loop {
-                    let found = match probe.value_group {
-                        None => probe.regex.find_at(hay, pos - base).map(|m| {
-                            let (s, e) = (m.start() + base, m.end() + base);
-                            (s, e, s, e)
-                        }),
-                        Some(g) => probe.regex.captures_at(hay, pos - base).and_then(|c| {
-                            let m = c.get(0)?;
-                            let (s, e) = (m.start() + base, m.end() + base);
-                            let v = c
-                                .get(g)
-                                .map_or((s, e), |v| (v.start() + base, v.end() + base));
-                            Some((s, e, v.0, v.1))
-                        }),
-                    };
-                    let Some((s, e, fs, fe)) = found else {
+            *uniform = *uniform || done.iter().all(|&d| d == from);
+            if matched.is_empty() && *uniform {
+                // The common step (a token of plain text): no probe can match anywhere from
+                // `from` on and every probe has scanned up to it, so one viability check stands
+                // for the one each probe would make.
+                let v = viable_from(from);
+                done.fill(v);
+                settled = settled.min(v);
+            } else {
+                *uniform = false;
+                for (i, probe) in self.probes.iter().enumerate() {
+                    let mut pos = done[i];
+                    if !matched.matched(i) {
                         let v = viable_from(pos);
                         done[i] = v;
                         settled = settled.min(v);
-                        break;
-                    };
-                    let v = viable_from(pos);
-                    if s >= v {
-                        done[i] = v;
-                        settled = settled.min(v);
-                        break;
+                        continue;
                     }
-                    if !finished && fe + probe.spec.after > n {
-                        // Final match, but its validator needs bytes that have not arrived.
-                        done[i] = s;
-                        settled = settled.min(s);
-                        break;
-                    }
-                    if enabled.get(probe.rule).copied().unwrap_or(false) {
-                        let cand = Candidate::new(hay, fs - base, fe - base, probe.spec.after);
-                        if let Some(score) = probe.spec.score(&cand, &probe.extra_positive) {
-                            if score >= probe.min_score && fe > fs {
-                                out.push(Hit {
-                                    source: i,
-                                    rule: probe.rule,
-                                    start: fs,
-                                    end: fe,
-                                    weight: probe.spec.weight,
-                                });
+                    loop {
+                        let found = match probe.value_group {
+                            None => probe.regex.find_at(hay, pos - base).map(|m| {
+                                let (s, e) = (m.start() + base, m.end() + base);
+                                (s, e, s, e)
+                            }),
+                            Some(g) => probe.regex.captures_at(hay, pos - base).and_then(|c| {
+                                let m = c.get(0)?;
+                                let (s, e) = (m.start() + base, m.end() + base);
+                                let v = c
+                                    .get(g)
+                                    .map_or((s, e), |v| (v.start() + base, v.end() + base));
+                                Some((s, e, v.0, v.1))
+                            }),
+                        };
+                        let Some((s, e, fs, fe)) = found else {
+                            let v = viable_from(pos);
+                            done[i] = v;
+                            settled = settled.min(v);
+                            break;
+                        };
+                        let v = viable_from(pos);
+                        if s >= v {
+                            done[i] = v;
+                            settled = settled.min(v);
+                            break;
+                        }
+                        if !finished && fe + probe.spec.after > n {
+                            // Final match, but its validator needs bytes that have not arrived.
+                            done[i] = s;
+                            settled = settled.min(s);
+                            break;
+                        }
+                        if enabled.get(probe.rule).copied().unwrap_or(false) {
+                            let cand = Candidate::new(hay, fs - base, fe - base, probe.spec.after);
+                            if let Some(score) = probe.spec.score(&cand, &probe.extra_positive) {
+                                if score >= probe.min_score && fe > fs {
+                                    out.push(Hit {
+                                        source: i,
+                                        rule: probe.rule,
+                                        start: fs,
+                                        end: fe,
+                                        weight: probe.spec.weight,
+                                    });
+                                }
                             }
                         }
-                    }
-                    // Patterns that match the empty string are refused at compile time; the
-                    // guard keeps a bug from looping forever.
-                    pos = if e > pos {
-                        e
-                    } else {
-                        next_char(hay, base, pos)
-                    };
-                    if pos >= n {
-                        done[i] = n;
-                        break;
+                        // Patterns that match the empty string are refused at compile time; the
+                        // guard keeps a bug from looping forever.
+                        pos = if e > pos {
+                            e
+                        } else {
+                            next_char(hay, base, pos)
+                        };
+                        if pos >= n {
+                            done[i] = n;
+                            break;
+                        }
                     }
                 }
             }

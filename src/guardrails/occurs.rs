@@ -157,6 +157,11 @@ impl Found {
     pub fn matched(&self, i: usize) -> bool {
         PatternID::new(i).is_ok_and(|p| self.0.contains(p))
     }
+
+    /// No pattern matched.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 #[cfg(test)]
