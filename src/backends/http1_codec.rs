@@ -7,9 +7,12 @@
 //! Everything is bounded: a head, a chunk-size line and the trailers have size limits, so an
 //! upstream that never ends a line costs a protocol error, not memory.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use smallvec::SmallVec;
 
 /// Largest response head accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -119,9 +122,15 @@ pub fn encode_head(req: &Request<Bytes>, out: &mut Vec<u8>) {
 /// `Ok(None)`: the head is not complete yet. The head's bytes are consumed; the body's stay.
 pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
-        let len = match parsed.parse(buf) {
+        // Left uninitialised: httparse writes the fields it finds, and a head has a few of the
+        // hundred and more it may hold.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
                 return Err(Malformed::HeadTooLarge)
@@ -144,21 +153,22 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
         };
         // Where each name and value lies in the head (the fields borrow `buf`), so the values
         // can be slices of the head rather than one copy each.
-        let mut spans: [_; MAX_HEADERS] = std::array::from_fn(|_| (0..0, 0..0));
         let base = buf.as_ptr() as usize;
         let span = |b: &[u8]| {
             let start = b.as_ptr() as usize - base;
             start..start + b.len()
         };
-        let count = parsed.headers.len();
-        for (s, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-            *s = (span(field.name.as_bytes()), span(field.value));
-        }
+        let spans: SmallVec<[_; 24]> = parsed
+            .headers
+            .iter()
+            .map(|field| (span(field.name.as_bytes()), span(field.value)))
+            .collect();
+        let count = spans.len();
         // The head leaves the read buffer as shared bytes: the response's headers are dropped
         // once the status and content type are read, and the buffer is whole again.
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
-        for (name, value) in spans.into_iter().take(count) {
+        for (name, value) in spans {
             let name = HeaderName::from_bytes(&head[name]).map_err(|_| Malformed::Head)?;
             let value =
                 HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| Malformed::Head)?;
