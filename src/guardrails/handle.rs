@@ -378,20 +378,39 @@ impl OutputScanner {
 
     /// As [`push`](Self::push), releasing into `text`'s own allocation.
     pub fn push_owned(&mut self, text: String) -> Pushed {
-        let t = Instant::now();
+        let mut clock = Instant::now();
+        self.push_timed(text, &mut clock)
+    }
+
+    /// As [`push_owned`](Self::push_owned), timed from `clock`, a time the caller read just
+    /// before; `clock` is then set to when the scan ended. A stream reads the clock once per
+    /// token for its own accounts anyway, and this way the scan's timing shares those reads.
+    pub fn push_timed(&mut self, text: String, clock: &mut Instant) -> Pushed {
         let out = self.scanner.push_owned(text);
-        self.elapsed += t.elapsed();
+        self.lap(clock);
         self.collect(out.blocked);
         out
     }
 
     /// Ends the answer: returns the text still held back (a stream's last bytes).
     pub fn finish(&mut self) -> Pushed {
-        let t = Instant::now();
+        let mut clock = Instant::now();
+        self.finish_timed(&mut clock)
+    }
+
+    /// As [`finish`](Self::finish), timed as [`push_timed`](Self::push_timed) is.
+    pub fn finish_timed(&mut self, clock: &mut Instant) -> Pushed {
         let out = self.scanner.finish();
-        self.elapsed += t.elapsed();
+        self.lap(clock);
         self.collect(true);
         out
+    }
+
+    /// Adds the time since `clock` to the scan time and moves `clock` to now.
+    fn lap(&mut self, clock: &mut Instant) {
+        let now = Instant::now();
+        self.elapsed += now.saturating_duration_since(*clock);
+        *clock = now;
     }
 
     /// Whether the answer was blocked.

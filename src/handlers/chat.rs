@@ -332,9 +332,10 @@ fn stream(state: Arc<AppState>, accepted: Accepted, mut record: RequestRecord) -
             record.backend_wait += now.duration_since(waited);
             match next {
                 Some(Ok(BackendEvent::Delta(d))) => {
-                    for d in filter.filter(d) {
+                    let mut sent = now;
+                    for d in filter.filter(d, &mut sent) {
                         if carries_output(&d) {
-                            record.token(Instant::now(), &d);
+                            record.token(sent, &d);
                         }
                         encoder.delta_into(&d, out.room());
                         yield out.take();
@@ -413,12 +414,14 @@ async fn collect(
             _ = &mut stop => Some(Err(Error::ShuttingDown)),
             ev = events.next() => ev,
         };
-        record.backend_wait += waited.elapsed();
+        let now = Instant::now();
+        record.backend_wait += now.duration_since(waited);
         match next {
             Some(Ok(BackendEvent::Delta(d))) => {
-                for d in filter.filter(d) {
+                let mut sent = now;
+                for d in filter.filter(d, &mut sent) {
                     if carries_output(&d) {
-                        record.token(Instant::now(), &d);
+                        record.token(sent, &d);
                     }
                     collector.push(d);
                 }

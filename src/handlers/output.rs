@@ -96,7 +96,10 @@ impl OutputFilter {
     }
 
     /// The deltas to send for one backend delta (none, one, or released text then the finish).
-    pub fn filter(&mut self, mut d: ChoiceDelta) -> Deltas {
+    /// `clock` is a time the caller read just before (the delta's arrival); where the filter
+    /// scans, it times the scan from there and moves `clock` to when the scan ended, which is
+    /// when the deltas may leave.
+    pub fn filter(&mut self, mut d: ChoiceDelta, clock: &mut Instant) -> Deltas {
         let Some(scanner) = self.scanner.as_mut() else {
             return Deltas::one(d);
         };
@@ -107,7 +110,7 @@ impl OutputFilter {
             return Deltas::one(d);
         }
         if let Some(text) = d.content.take().filter(|t| !t.is_empty()) {
-            let pushed = scanner.push_owned(text);
+            let pushed = scanner.push_timed(text, clock);
             d.content = Some(pushed.release);
             if pushed.blocked {
                 let mut out = Vec::with_capacity(2);
@@ -123,7 +126,7 @@ impl OutputFilter {
             if !is_empty(&d) {
                 out.push(d);
             }
-            let flushed = scanner.finish();
+            let flushed = scanner.finish_timed(clock);
             self.flushed = true;
             let mut tail = content(0, flushed.release);
             if flushed.blocked {
