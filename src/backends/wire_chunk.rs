@@ -8,7 +8,8 @@
 //! what it keeps; anything it does not handle itself (an escaped key, a repeated field, a
 //! `message`, a non-string role or content, deep nesting, any syntax error) sends the whole chunk
 //! to serde_json instead. Both paths therefore give the same answer for every input, errors
-//! included, and the reader only decides how quickly.
+//! included, and the reader only decides how quickly. Keys, most of the strings in a chunk, are
+//! first compared with the one OpenAI's order puts next, as a literal, before they are scanned.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -60,6 +61,86 @@ pub struct WireUsage {
 
 /// Values nested deeper than this are left to serde_json.
 const MAX_DEPTH: usize = 64;
+
+/// The keys of a chunk, a choice and a delta in the order OpenAI writes them (see
+/// [`Reader::object`]).
+const CHUNK_KEYS: &[KeyPattern] = &[
+    KeyPattern::new("id"),
+    KeyPattern::new("object"),
+    KeyPattern::new("created"),
+    KeyPattern::new("model"),
+    KeyPattern::new("system_fingerprint"),
+    KeyPattern::new("choices"),
+    KeyPattern::new("usage"),
+];
+const CHOICE_KEYS: &[KeyPattern] = &[
+    KeyPattern::new("index"),
+    KeyPattern::new("delta"),
+    KeyPattern::new("logprobs"),
+    KeyPattern::new("finish_reason"),
+];
+/// A stream's first delta is `role` then `content`, every later one `content` alone.
+const DELTA_KEYS: &[KeyPattern] = &[
+    KeyPattern::new("content"),
+    KeyPattern::new("role"),
+    KeyPattern::new("content"),
+];
+
+/// A key as it is written before its value, `"key":`, compared eight bytes at a time: these are
+/// short, and a call to `memcmp` costs more than the comparison.
+struct KeyPattern {
+    key: &'static str,
+    /// `"key":`, zero-padded.
+    text: [u8; KeyPattern::ROOM],
+    len: usize,
+}
+
+impl KeyPattern {
+    const ROOM: usize = 24;
+
+    const fn new(key: &'static str) -> Self {
+        let k = key.as_bytes();
+        assert!(k.len() + 3 <= Self::ROOM);
+        let mut text = [0u8; Self::ROOM];
+        text[0] = b'"';
+        let mut i = 0;
+        while i < k.len() {
+            text[i + 1] = k[i];
+            i += 1;
+        }
+        text[k.len() + 1] = b'"';
+        text[k.len() + 2] = b':';
+        KeyPattern {
+            key,
+            text,
+            len: k.len() + 3,
+        }
+    }
+
+    /// Whether `b` holds exactly this at `at`.
+    fn is_at(&self, b: &[u8], at: usize) -> bool {
+        let Some(have) = b.get(at..at + self.len) else {
+            return false;
+        };
+        let word = |s: &[u8], i: usize| {
+            s.get(i..i + 8)
+                .and_then(|w| <[u8; 8]>::try_from(w).ok())
+                .map(u64::from_le_bytes)
+        };
+        if self.len < 8 {
+            return have == &self.text[..self.len];
+        }
+        // Whole words, then the last eight bytes (overlapping the words before them).
+        let mut i = 0;
+        while i + 8 <= self.len {
+            if word(have, i) != word(&self.text, i) {
+                return false;
+            }
+            i += 8;
+        }
+        i == self.len || word(have, self.len - 8) == word(&self.text, self.len - 8)
+    }
+}
 
 /// The bytes that end a run of plain string text: the closing quote, a backslash, and the
 /// control characters JSON forbids inside a string.
@@ -377,10 +458,40 @@ impl<'a> Reader<'a> {
         Some(&self.text[start..self.at])
     }
 
+    /// An object key that is expected to be `want`: matched with its quotes and colon as a
+    /// literal when it is (then no scan is needed, the key has no escape), read as any key
+    /// otherwise. Also says whether it was `want`.
+    fn key_expecting(&mut self, want: Option<&KeyPattern>) -> Option<(&'a str, bool)> {
+        if let Some(want) = want {
+            self.peek()?;
+            if want.is_at(self.bytes(), self.at) {
+                self.at += want.len;
+                return Some((want.key, true));
+            }
+        }
+        Some((self.key()?, false))
+    }
+
     /// Entries of an object, handed to `entry` key by key; `entry` must consume the value.
-    fn object(&mut self, mut entry: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+    /// `order` is the order the keys usually come in (OpenAI's own), which makes reading them
+    /// cheaper where they do; any order reads the same.
+    fn object(
+        &mut self,
+        order: &'static [KeyPattern],
+        mut entry: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        let mut next = 0;
         self.list(b'{', b'}', |r| {
-            let key = r.key()?;
+            let (key, expected) = r.key_expecting(order.get(next))?;
+            next = if expected {
+                next + 1
+            } else {
+                // Out of the usual order: expect what usually follows this key.
+                order
+                    .iter()
+                    .position(|k| k.key == key)
+                    .map_or(next, |i| i + 1)
+            };
             entry(r, key)
         })
     }
@@ -447,7 +558,7 @@ impl<'a> Reader<'a> {
             Some(())
         };
         if !resume {
-            self.object(&mut entry)?;
+            self.object(CHUNK_KEYS, &mut entry)?;
         } else if more_after_resume {
             self.items(b'}', |r| {
                 let key = r.key()?;
@@ -478,7 +589,7 @@ impl<'a> Reader<'a> {
         let mut index = None;
         let mut delta = None;
         let mut finish_reason = None;
-        self.object(|r, key| {
+        self.object(CHOICE_KEYS, |r, key| {
             match key {
                 "index" if index.is_none() => index = Some(r.index()?),
                 "delta" if delta.is_none() => {
@@ -504,7 +615,7 @@ impl<'a> Reader<'a> {
     /// field replacing an earlier one of the same name.
     fn delta(&mut self) -> Option<WireDelta> {
         let mut delta = WireDelta::default();
-        self.object(|r, key| {
+        self.object(DELTA_KEYS, |r, key| {
             if r.null()? {
                 return Some(());
             }
@@ -547,6 +658,39 @@ mod tests {
     }
 
     const MOCK: &str = r#"{"id":"chatcmpl-mock-1","object":"chat.completion.chunk","created":1764720000,"model":"mock-model","system_fingerprint":null,"choices":[{"index":0,"delta":{"content":"Hello "},"logprobs":null,"finish_reason":null}]}"#;
+
+    #[test]
+    fn keys_out_of_the_usual_order_or_near_it_read_as_serde_reads_them() {
+        for data in [
+            // Reordered, so each expected key misses.
+            r#"{"choices":[{"finish_reason":"stop","delta":{"role":"assistant","content":"a"},"index":0}],"id":"x"}"#,
+            // Whitespace around the colon, where the literal has none.
+            r#"{"id" :"x","choices" : [{"index" :0,"delta": {"content" :"b"}}]}"#,
+            // Keys the expected ones are prefixes of, or the other way round.
+            r#"{"idx":"x","choices2":[],"choices":[{"indexes":1,"index":0,"delt":{},"delta":{"contents":"c","content":"d"}}]}"#,
+            // An escaped expected key (the literal does not match it; serde decides).
+            r#"{"id":"x","choices":[{"ind\u0065x":0,"delta":{"content":"e"}}]}"#,
+            // A repeated expected key.
+            r#"{"choices":[],"choices":[]}"#,
+            // Cut inside an expected key.
+            r#"{"id":"x","choices":[{"ind"#,
+        ] {
+            agrees(data).map_err(|e| e.to_string()).unwrap();
+            assert_eq!(
+                WireChunk::parse(data).ok(),
+                serde_json::from_str::<WireChunk>(data).ok(),
+                "{data}"
+            );
+        }
+        let chunk = fast(r#"{"choices":[{"delta":{"content":"a","role":"assistant"},"index":2}]}"#)
+            .expect("reordered keys stay on the fast path");
+        assert_eq!(chunk.choices[0].index, 2);
+        let delta = chunk.choices[0].delta.as_ref().unwrap();
+        assert_eq!(
+            (delta.role.as_deref(), delta.content.as_deref()),
+            (Some("assistant"), Some("a"))
+        );
+    }
 
     #[test]
     fn the_common_shapes_take_the_fast_path() {
