@@ -23,6 +23,7 @@ use regex_syntax::hir::Hir;
 use super::occurs::{Found, Occurs};
 use super::probe::{Candidate, ProbeSpec, CONTEXT_BEFORE};
 use super::viable::Viable;
+use super::Action;
 
 /// Bounded repetitions (`{1,80}`) compile to one NFA state per repetition, so a policy of bounded
 /// patterns needs more room than the `regex` defaults give.
@@ -193,15 +194,15 @@ impl Engine {
 
     /// Reports every match that is final in `hay` (the text from absolute offset `base` to the
     /// end seen so far) and returns the settled offset: no match not yet reported can start before
-    /// it. With `finished`, the text is complete and everything is final. `enabled` says which
-    /// rules to report for; the others still hold text back, which is safe, only slower.
+    /// it. With `finished`, the text is complete and everything is final. `enabled` holds the
+    /// action of each rule, and a rule without one (`None`) is not reported for; the others still hold text back, which is safe, only slower.
     pub fn advance(
         &self,
         hay: &str,
         base: usize,
         st: &mut ScanState,
         finished: bool,
-        enabled: &[bool],
+        enabled: &[Option<Action>],
         out: &mut Vec<Hit>,
     ) -> usize {
         let n = base + hay.len();
@@ -292,7 +293,7 @@ impl Engine {
                             settled = settled.min(s);
                             break;
                         }
-                        if enabled.get(probe.rule).copied().unwrap_or(false) {
+                        if enabled.get(probe.rule).is_some_and(Option::is_some) {
                             let cand = Candidate::new(hay, fs - base, fe - base, probe.spec.after);
                             if let Some(score) = probe.spec.score(&cand, &probe.extra_positive) {
                                 if score >= probe.min_score && fe > fs {
@@ -389,7 +390,7 @@ impl Keywords {
         from: usize,
         before: usize,
         finished: bool,
-        enabled: &[bool],
+        enabled: &[Option<Action>],
         offset: usize,
         out: &mut Vec<Hit>,
     ) {
@@ -406,7 +407,7 @@ impl Keywords {
                 continue;
             }
             let k = &self.entries[m.pattern().as_usize()];
-            if !enabled.get(k.rule).copied().unwrap_or(false) {
+            if !enabled.get(k.rule).is_some_and(Option::is_some) {
                 continue;
             }
             let text = &hay[m.start()..m.end()];

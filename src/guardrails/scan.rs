@@ -60,7 +60,6 @@ pub struct Scanner {
     dir: Direction,
     /// The action of each rule, `None` where it does not apply.
     actions: Vec<Option<Action>>,
-    enabled: Vec<bool>,
     /// The text from `base` to the end seen so far.
     buf: String,
     base: usize,
@@ -69,7 +68,8 @@ pub struct Scanner {
     state: ScanState,
     /// Final hits not yet decided on, because a hit starting earlier may still be found.
     pending: Vec<Hit>,
-    /// Injection score per rule.
+    /// Injection score per rule; empty until the first injection signal (most texts have
+    /// none, and a scanner is made per message and per response).
     scores: Vec<f32>,
     open: Option<Group>,
     findings: Vec<Finding>,
@@ -83,19 +83,16 @@ impl Scanner {
     /// A scanner over `policy`'s engine for `dir` with per-rule `actions`.
     pub fn new(policy: Arc<Policy>, dir: Direction, actions: Vec<Option<Action>>) -> Self {
         let state = policy.engine(dir).start();
-        let enabled = actions.iter().map(Option::is_some).collect();
-        let n = policy.rules.len();
         Scanner {
             policy,
             dir,
             actions,
-            enabled,
             buf: String::new(),
             base: 0,
             released: 0,
             state,
             pending: Vec::new(),
-            scores: vec![0.0; n],
+            scores: Vec::new(),
             open: None,
             findings: Vec::new(),
             blocked: None,
@@ -179,7 +176,7 @@ impl Scanner {
             self.base,
             &mut self.state,
             finished,
-            &self.enabled,
+            &self.actions,
             &mut self.pending,
         );
         // Decide on hits in text order; the ones at or after `settled` may still be preceded by a
@@ -225,6 +222,9 @@ impl Scanner {
             return false;
         };
         if rule.kind == Kind::Injection {
+            if self.scores.is_empty() {
+                self.scores = vec![0.0; policy.rules.len()];
+            }
             let before = self.scores[hit.rule];
             self.scores[hit.rule] += hit.weight;
             if self.scores[hit.rule] < rule.threshold && before < rule.threshold {
