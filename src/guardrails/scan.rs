@@ -100,7 +100,9 @@ impl Scanner {
         }
     }
 
-    /// Scans a whole text: what it releases and everything found.
+    /// Scans a whole text: what it releases and everything found. One step over the finished
+    /// text: the same decisions as a push and a finish (every match is final either way, and
+    /// they are made in text order), without first working out what a stream would hold back.
     pub fn scan_text(
         policy: Arc<Policy>,
         dir: Direction,
@@ -108,10 +110,8 @@ impl Scanner {
         text: &str,
     ) -> (Pushed, Vec<Finding>) {
         let mut s = Scanner::new(policy, dir, actions);
-        let mut out = s.push(text);
-        let tail = s.finish();
-        out.release.push_str(&tail.release);
-        out.blocked |= tail.blocked;
+        s.buf.push_str(text);
+        let out = s.finish();
         (out, s.take_findings())
     }
 
