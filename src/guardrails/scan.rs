@@ -3,8 +3,9 @@
 //! A [`Scanner`] is fed text in pieces and answers each piece with the text that can be released
 //! now. It holds back only what the engine has not settled (a suffix that may still become a
 //! match), replaces redacted spans before they leave, and stops at the first blocked span, having
-//! released everything before it. A whole text is one `push` and a `finish`, so streamed and
-//! non-streamed answers, and input messages, all go through this one path and cannot disagree.
+//! released everything before it. Streamed and non-streamed answers go through the same pushes;
+//! a whole text (an input message) is one finished step of the same engine and decisions, which
+//! the tests hold equal to the text streamed at every split.
 //!
 //! Decisions are made in text order over final matches only: the redaction label of overlapping
 //! spans is the first span's, an injection rule's score accumulates match by match, and a block
