@@ -195,7 +195,8 @@ impl Engine {
     /// Reports every match that is final in `hay` (the text from absolute offset `base` to the
     /// end seen so far) and returns the settled offset: no match not yet reported can start before
     /// it. With `finished`, the text is complete and everything is final. `enabled` holds the
-    /// action of each rule, and a rule without one (`None`) is not reported for; the others still hold text back, which is safe, only slower.
+    /// action of each rule; a rule without one (`None`) is not reported, though its probes
+    /// still hold text back, which is safe, only slower.
     pub fn advance(
         &self,
         hay: &str,
