@@ -194,7 +194,7 @@ impl Engine {
 
     /// Reports every match that is final in `hay` (the text from absolute offset `base` to the
     /// end seen so far) and returns the settled offset: no match not yet reported can start before
-    /// it. With `finished`, the text is complete and everything is final. `enabled` holds the
+    /// it. With `finished`, the text is complete and everything is final. `actions` holds the
     /// action of each rule; a rule without one (`None`) is not reported, though its probes
     /// still hold text back, which is safe, only slower.
     pub fn advance(
@@ -203,7 +203,7 @@ impl Engine {
         base: usize,
         st: &mut ScanState,
         finished: bool,
-        enabled: &[Option<Action>],
+        actions: &[Option<Action>],
         out: &mut Vec<Hit>,
     ) -> usize {
         let n = base + hay.len();
@@ -294,7 +294,7 @@ impl Engine {
                             settled = settled.min(s);
                             break;
                         }
-                        if enabled.get(probe.rule).is_some_and(Option::is_some) {
+                        if actions.get(probe.rule).is_some_and(Option::is_some) {
                             let cand = Candidate::new(hay, fs - base, fe - base, probe.spec.after);
                             if let Some(score) = probe.spec.score(&cand, &probe.extra_positive) {
                                 if score >= probe.min_score && fe > fs {
@@ -335,7 +335,7 @@ impl Engine {
                 *kw_done,
                 v,
                 finished,
-                enabled,
+                actions,
                 self.probes.len(),
                 out,
             );
@@ -391,7 +391,7 @@ impl Keywords {
         from: usize,
         before: usize,
         finished: bool,
-        enabled: &[Option<Action>],
+        actions: &[Option<Action>],
         offset: usize,
         out: &mut Vec<Hit>,
     ) {
@@ -408,7 +408,7 @@ impl Keywords {
                 continue;
             }
             let k = &self.entries[m.pattern().as_usize()];
-            if !enabled.get(k.rule).is_some_and(Option::is_some) {
+            if !actions.get(k.rule).is_some_and(Option::is_some) {
                 continue;
             }
             let text = &hay[m.start()..m.end()];
