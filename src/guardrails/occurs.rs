@@ -6,6 +6,14 @@
 //! NFA and keeps caches for engines this question never needs, twice the memory for the same
 //! search.
 //!
+//! The automaton answers for the patterns *widened*: each wide bounded repetition (`{8,2048}`)
+//! made unbounded (`{8,}`). A widened pattern matches wherever the pattern does, so no pattern
+//! that occurs is missed, and the scan confirms every reported pattern with its own regex, so
+//! text that only the widened form matches costs one search and changes no decision. What it
+//! buys is size: a bounded repetition compiles to one NFA state per repetition, and each search
+//! cache holds sets as large as the NFA. With the shipped policy the input automaton goes from
+//! 1.4 MB to a tenth of that, and each scanning thread's cache shrinks with it.
+//!
 //! As in [`super::viable`], the lazy DFA gives up on a Unicode word boundary next to a non-ASCII
 //! byte; such a search is answered by a `RegexSet` of the same patterns, compiled when first
 //! needed.
@@ -17,6 +25,7 @@ use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::nfa::thompson::{self, WhichCaptures};
 use regex_automata::util::pool::Pool;
 use regex_automata::{Input, MatchKind, PatternID, PatternSet};
+use regex_syntax::hir::{Hir, HirKind, Repetition};
 
 type CacheFn = Box<dyn Fn() -> Cache + Send + Sync>;
 /// Search caches of one lazy DFA, one per thread that searches.
@@ -55,20 +64,27 @@ pub(crate) struct Found(PatternSet);
 // === impl Occurs ===
 
 impl Occurs {
-    /// Compiles `patterns` (the `regex` crate's syntax) into one automaton.
+    /// Compiles `patterns` (the `regex` crate's syntax), widened, into one automaton.
     pub fn new(
         patterns: &[&str],
         nfa_size_limit: usize,
         cache_capacity: usize,
     ) -> Result<Self, String> {
-        let dfa = DFA::builder()
-            .configure(lazy_dfa_config(cache_capacity))
-            .thompson(
+        let widened = patterns
+            .iter()
+            .map(|p| super::prefix::parse(p).map(|h| widen(&h)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let nfa = thompson::Compiler::new()
+            .configure(
                 thompson::Config::new()
                     .which_captures(WhichCaptures::None)
                     .nfa_size_limit(Some(nfa_size_limit)),
             )
-            .build_many(patterns)
+            .build_many_from_hir(&widened)
+            .map_err(|e| e.to_string())?;
+        let dfa = DFA::builder()
+            .configure(lazy_dfa_config(cache_capacity))
+            .build_from_nfa(nfa)
             .map_err(|e| e.to_string())?;
         let dfa = Arc::new(dfa);
         Ok(Occurs {
@@ -80,8 +96,9 @@ impl Occurs {
         })
     }
 
-    /// The patterns with a match starting at or after `from`; text before `from` is still seen by
-    /// look-behind assertions such as `\b`.
+    /// The patterns whose widened form has a match starting at or after `from` (every pattern
+    /// with a match there, and perhaps others); text before `from` is still seen by look-behind
+    /// assertions such as `\b`.
     #[cfg(test)]
     pub fn matches_at(&self, hay: &str, from: usize) -> Found {
         let mut found = self.none_found();
@@ -147,6 +164,29 @@ impl Clone for Occurs {
             limits: self.limits,
             fallback: OnceLock::new(),
         }
+    }
+}
+
+/// Repetitions whose count can vary by at least this much are made unbounded by [`widen`]; the
+/// narrower ones cost few states and widening them would only make clean text look suspect.
+const WIDEN_SPAN: u32 = 16;
+
+/// `hir` with every wide bounded repetition made unbounded, and no capture groups: a pattern
+/// that matches wherever `hir` does, with an NFA that no longer grows with the bound.
+fn widen(hir: &Hir) -> Hir {
+    match hir.kind() {
+        HirKind::Repetition(rep) => Hir::repetition(Repetition {
+            min: rep.min,
+            max: rep
+                .max
+                .filter(|&max| max.saturating_sub(rep.min) < WIDEN_SPAN),
+            greedy: rep.greedy,
+            sub: Box::new(widen(&rep.sub)),
+        }),
+        HirKind::Capture(c) => widen(&c.sub),
+        HirKind::Concat(items) => Hir::concat(items.iter().map(widen).collect()),
+        HirKind::Alternation(items) => Hir::alternation(items.iter().map(widen).collect()),
+        HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) | HirKind::Look(_) => hir.clone(),
     }
 }
 
@@ -216,6 +256,47 @@ mod tests {
         }
         let (ours, _) = both(&pats, "das ist geheim, äh", 0);
         assert_eq!(ours, [true, false]);
+    }
+
+    #[test]
+    fn wide_repetitions_are_widened_and_nothing_that_occurs_is_missed() {
+        let pats = [
+            r"(?-u:\b)eyJ[A-Za-z0-9_\-]{8,1024}\.eyJ[A-Za-z0-9_\-]{8,2048}",
+            r"x[0-9]{2,4}y",
+            r"a(?:b{1,40}c){0,20}d",
+        ];
+        let run = |n: usize| "b".repeat(n);
+        let texts = [
+            "eyJabcdefgh.eyJabcdefgh".to_string(),
+            format!("eyJ{}.eyJabcdefgh", "q".repeat(1100)),
+            "x12y and x12345y".to_string(),
+            format!("a{}cd", run(40)),
+            format!("a{}cd", run(41)),
+            format!("a{}d", format!("{}c", run(3)).repeat(25)),
+            "plain text".to_string(),
+        ];
+        for hay in &texts {
+            let (ours, set) = both(&pats, hay, 0);
+            for (i, (o, s)) in ours.iter().zip(&set).enumerate() {
+                assert!(o | !s, "pattern {i} occurs in {hay:?} but was not reported");
+            }
+        }
+        // What only a widened form matches is reported too, for the scan to confirm: a run past
+        // a wide bound, a repeated group past its count. A narrow repetition keeps its bound.
+        let (ours, set) = both(&pats, &texts[1], 0);
+        assert_eq!((ours[0], set[0]), (true, false));
+        let (ours, set) = both(&pats, &texts[4], 0);
+        assert_eq!((ours[2], set[2]), (true, false));
+        let (ours, set) = both(&pats, &texts[5], 0);
+        assert_eq!((ours[2], set[2]), (true, false));
+        assert_eq!(both(&pats, "x12345y", 0), (vec![false; 3], vec![false; 3]));
+        // The automaton no longer grows with a wide bound.
+        let states = |p: &str| {
+            let o = Occurs::new(&[p], 64 << 20, 1 << 20).unwrap();
+            o.dfa.get_nfa().states().len()
+        };
+        assert_eq!(states("ab{1,40}c"), states("ab{1,4000}c"));
+        assert!(states("ab{1,4}c") < states("ab{1,15}c"));
     }
 
     #[test]
