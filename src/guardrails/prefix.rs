@@ -107,14 +107,55 @@ fn pref(h: &Hir) -> Hir {
 fn nested(items: &[Hir], pref_of: impl Fn(&Hir) -> Hir) -> Hir {
     let mut acc = Hir::empty();
     for (i, item) in items.iter().enumerate().rev() {
-        let p = pref_of(item);
         acc = if i == items.len() - 1 {
-            p
+            pref_of(item)
+        } else if let Some(merged) = repetition_then(item, &acc) {
+            merged
         } else {
-            Hir::alternation(vec![p, Hir::concat(vec![item.clone(), acc])])
+            Hir::alternation(vec![pref_of(item), Hir::concat(vec![item.clone(), acc])])
         };
     }
     acc
+}
+
+/// pref(x{m,n}) | x{m,n} w for m < n, with the repetition's copies shared by both sides.
+///
+/// Written plainly, x{0,n-1} pref(x) | x{m,n} w copies x about 2n times, and a bounded
+/// repetition compiles to one NFA state per copy: the closure of a PEM block or a JWT would be
+/// twice the size of the pattern, and so would every search cache over it. The same language,
+/// by how many copies of x are complete when the prefix ends:
+///
+///   x{0,m-1} pref(x)                       fewer than m: inside the next copy
+/// | x{m} x{0,n-1-m} (pref(x) | x? w)        m to n-1: inside the next copy, or into w after it
+///
+/// copies x n+m times and w once. `None` for other items, which the plain form handles.
+fn repetition_then(item: &Hir, w: &Hir) -> Option<Hir> {
+    let HirKind::Repetition(rep) = item.kind() else {
+        return None;
+    };
+    let max = rep.max.filter(|&max| max > rep.min)?;
+    let x = rep.sub.as_ref();
+    let copies = |min: u32, max: u32| {
+        Hir::repetition(Repetition {
+            min,
+            max: Some(max),
+            greedy: true,
+            sub: Box::new(x.clone()),
+        })
+    };
+    let tail = Hir::alternation(vec![
+        pref(x),
+        Hir::concat(vec![optional(x.clone()), w.clone()]),
+    ]);
+    let enough = Hir::concat(vec![
+        copies(rep.min, rep.min),
+        copies(0, max - 1 - rep.min),
+        tail,
+    ]);
+    Some(match rep.min {
+        0 => enough,
+        min => Hir::alternation(vec![Hir::concat(vec![copies(0, min - 1), pref(x)]), enough]),
+    })
 }
 
 fn strip_captures(h: &Hir) -> Hir {
@@ -154,6 +195,84 @@ mod tests {
         for no in ["b", "ac", "abcffff", "abe", "x"] {
             assert!(!re.is_match(no), "{no}");
         }
+    }
+
+    /// The closure as first written, x{0,n-1} pref(x) | x{m,n} w for every repetition.
+    fn plain_closure(h: &Hir) -> Hir {
+        fn plain(h: &Hir) -> Hir {
+            match h.kind() {
+                HirKind::Concat(items) => {
+                    let mut acc = Hir::empty();
+                    for (i, item) in items.iter().enumerate().rev() {
+                        acc = if i == items.len() - 1 {
+                            plain(item)
+                        } else {
+                            Hir::alternation(vec![
+                                plain(item),
+                                Hir::concat(vec![item.clone(), acc]),
+                            ])
+                        };
+                    }
+                    acc
+                }
+                HirKind::Alternation(items) => Hir::alternation(items.iter().map(plain).collect()),
+                HirKind::Repetition(rep) if rep.max != Some(0) => Hir::concat(vec![
+                    Hir::repetition(Repetition {
+                        min: 0,
+                        max: rep.max.map(|m| m - 1),
+                        greedy: true,
+                        sub: rep.sub.clone(),
+                    }),
+                    plain(&rep.sub),
+                ]),
+                _ => pref(h),
+            }
+        }
+        plain(&strip_captures(h))
+    }
+
+    fn anchored(h: Hir) -> Regex {
+        let h = Hir::concat(vec![Hir::look(Look::Start), h, Hir::look(Look::End)]);
+        Regex::builder().build_from_hir(&h).unwrap()
+    }
+
+    #[test]
+    fn shared_repetition_copies_accept_the_same_prefixes_as_the_plain_closure() {
+        for p in [
+            "a(?:b{1,3}c){0,2}d",
+            "x[ab]{2,4}y[ab]{0,2}",
+            "(?:ab){1,3}c{2,3}a",
+            "a{0,3}b{1,2}",
+            "(?:a|bc){2,3}(?:d|a{0,2})c",
+        ] {
+            let hir = parse(p).unwrap();
+            let (shared, plain) = (anchored(closure(&hir)), anchored(plain_closure(&hir)));
+            let alphabet: Vec<char> = p.chars().filter(char::is_ascii_lowercase).collect();
+            let mut texts = vec![String::new()];
+            let mut accepted = 0;
+            for _ in 0..8 {
+                texts = texts
+                    .iter()
+                    .flat_map(|t| alphabet.iter().map(move |c| format!("{t}{c}")))
+                    .collect();
+                for t in &texts {
+                    assert_eq!(shared.is_match(t), plain.is_match(t), "{p}: {t:?}");
+                    accepted += usize::from(shared.is_match(t));
+                }
+            }
+            assert!(accepted > 8, "{p}: only {accepted} prefixes accepted");
+        }
+        // And the closure of a long bounded repetition in the middle of a pattern is about the
+        // size of the pattern, not twice it.
+        let states = |h: &Hir| {
+            regex_automata::nfa::thompson::Compiler::new()
+                .build_from_hir(h)
+                .unwrap()
+                .states()
+                .len()
+        };
+        let hir = parse("x[a-z]{8,1024}y").unwrap();
+        assert!(states(&closure(&hir)) * 4 < states(&plain_closure(&hir)) * 3);
     }
 
     #[test]
