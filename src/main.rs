@@ -51,6 +51,13 @@ enum GuardrailsCommand {
         #[arg(default_value = "guardrails")]
         dir: PathBuf,
     },
+    /// Show what a compiled policy weighs: each automaton's NFA and the search cache each
+    /// scanning thread keeps for it, and each pattern's states
+    Cost {
+        /// The policy directory.
+        #[arg(default_value = "guardrails")]
+        dir: PathBuf,
+    },
     /// Read JSONL `{"text": …}` on stdin; write one JSON line per finding
     /// (`line`, `rule`, `kind`, `entity`, `start`, `end`, `action`; byte offsets).
     Scan {
@@ -195,6 +202,17 @@ fn guardrails(cmd: GuardrailsCommand) -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+        GuardrailsCommand::Cost { dir } => {
+            let policy = match Policy::load(&dir) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            print!("{}", tools::cost(&policy));
+            ExitCode::SUCCESS
         }
         GuardrailsCommand::Scan { policy, direction } => {
             let policy = match Policy::load(&policy) {

@@ -20,7 +20,7 @@ use aho_corasick::{dfa::DFA, Anchored, Input as AcInput, MatchKind, StartKind};
 use regex::Regex;
 use regex_syntax::hir::Hir;
 
-use super::occurs::{Found, Occurs};
+use super::occurs::{Footprint, Found, Occurs};
 use super::probe::{Candidate, ProbeSpec, CONTEXT_BEFORE};
 use super::viable::Viable;
 use super::Action;
@@ -170,6 +170,14 @@ impl Engine {
             kw_done: 0,
             found: self.set.as_ref().map(Occurs::none_found),
         }
+    }
+
+    /// The occurrence and hold-back automata's sizes, with this thread's caches for them.
+    pub fn footprint(&self) -> (Option<Footprint>, Option<Footprint>) {
+        (
+            self.set.as_ref().map(Occurs::footprint),
+            self.viable.as_ref().map(Viable::footprint),
+        )
     }
 
     /// The entity and label of a hit's source.

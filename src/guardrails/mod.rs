@@ -53,6 +53,7 @@ pub use audit::DecisionLog;
 pub use compile::{Kind, Mode, Policy, Rule};
 pub use handle::{Ctx, GuardrailsHandle, InputOutcome, OutputScanner};
 pub use metrics::GuardrailMetrics;
+pub use occurs::Footprint;
 pub use policy::PolicyError;
 pub use scan::{Finding, Pushed};
 

@@ -57,6 +57,25 @@ pub(crate) struct Occurs {
     fallback: OnceLock<Result<RegexSet, String>>,
 }
 
+/// What a lazy DFA weighs: its NFA, and the cache of the calling thread as its searches left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub nfa_states: usize,
+    pub nfa_bytes: usize,
+    pub cache_bytes: usize,
+}
+
+impl Footprint {
+    pub(super) fn of(dfa: &DFA, caches: &Caches) -> Self {
+        let nfa = dfa.get_nfa();
+        Footprint {
+            nfa_states: nfa.states().len(),
+            nfa_bytes: nfa.memory_usage(),
+            cache_bytes: caches.get().memory_usage(),
+        }
+    }
+}
+
 /// The patterns that occur, by index.
 #[derive(Debug, Clone)]
 pub(crate) struct Found(PatternSet);
@@ -123,6 +142,11 @@ impl Occurs {
         if done.is_err() {
             found.0 = self.matches_slow(hay, from);
         }
+    }
+
+    /// The automaton's size, and this thread's cache for it.
+    pub fn footprint(&self) -> Footprint {
+        Footprint::of(&self.dfa, &self.caches)
     }
 
     fn matches_slow(&self, hay: &str, from: usize) -> PatternSet {

@@ -1,11 +1,13 @@
-//! Tools for policy authors: `test`, `check` and `scan`.
+//! Tools for policy authors: `test`, `check`, `scan` and `cost`.
 //!
 //! A rule is only as good as the cases it was tried on, so rules carry their own test cases and
 //! the gateway refuses to load (or reload) a policy whose tests fail. Each case runs the rule
 //! alone, with its written action (shadow and scope ignored), on input and on output; an output
 //! case is also streamed one character at a time and must give the same answer as the whole text.
 //! `check` reports every problem in a policy rather than the first, and `scan` runs a policy over
-//! a JSONL corpus so its precision can be measured.
+//! a JSONL corpus so its precision can be measured. `cost` says what a compiled policy weighs:
+//! each automaton's NFA and the search cache a scanning thread keeps for it (every worker thread
+//! keeps one), and each pattern's share, so the rule that makes a policy heavy can be found.
 
 use std::fmt;
 use std::io::{BufRead, Write};
@@ -14,8 +16,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use regex_automata::nfa::thompson::{self, WhichCaptures};
+
 use super::compile::{compile, Expect, Kind, Policy, Rule, TestCase};
 use super::handle::estimate_tokens;
+use super::occurs::Footprint;
 use super::policy::{RawFile, Sources};
 use super::prefix;
 use super::scan::Scanner;
@@ -305,6 +310,126 @@ pub fn check(dir: &Path) -> CheckReport {
     report
 }
 
+/// What a compiled policy weighs, from [`cost`].
+#[derive(Debug)]
+pub struct CostReport {
+    /// Per direction: the occurrence automaton and the hold-back automaton, when there is one.
+    pub automata: Vec<(Direction, &'static str, Footprint)>,
+    /// One row per distinct pattern, in rule order.
+    pub patterns: Vec<PatternCost>,
+}
+
+/// One pattern's size: states of its own NFA (what its regex is built from) and of its prefix
+/// closure (its part of the hold-back automaton).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternCost {
+    pub rule: String,
+    pub pattern: String,
+    pub nfa_states: usize,
+    pub closure_states: usize,
+}
+
+/// Measures `policy`'s automata. The caches are a copy's, filled by scanning every rule test's
+/// text in each direction, whole and streamed a word at a time, as serving would fill them.
+pub fn cost(policy: &Policy) -> CostReport {
+    let copy = Arc::new(policy.clone());
+    let dirs = [Direction::Input, Direction::Output];
+    for dir in dirs {
+        let actions = copy.actions_all(dir);
+        let texts = copy.rules.iter().flat_map(|r| &r.tests);
+        for case in texts.filter(|c| c.direction.is_none_or(|d| d == dir)) {
+            let _ = Scanner::scan_text(Arc::clone(&copy), dir, actions.clone(), &case.text);
+            let mut stream = Scanner::new(Arc::clone(&copy), dir, actions.clone());
+            for word in case.text.split_inclusive(' ') {
+                let _ = stream.push(word);
+            }
+            let _ = stream.finish();
+        }
+    }
+    let mut automata = Vec::new();
+    let mut patterns: Vec<PatternCost> = Vec::new();
+    for dir in dirs {
+        let engine = copy.engine(dir);
+        let (set, viable) = engine.footprint();
+        automata.extend(set.map(|f| (dir, "occurrence", f)));
+        automata.extend(viable.map(|f| (dir, "hold-back", f)));
+        for probe in &engine.probes {
+            let rule = &copy.rules[probe.rule].id;
+            let pattern = &probe.spec.pattern;
+            if patterns
+                .iter()
+                .any(|p| &p.rule == rule && &p.pattern == pattern)
+            {
+                continue;
+            }
+            let (nfa_states, closure_states) = prefix::parse(pattern).map_or((0, 0), |hir| {
+                (
+                    nfa_states(&hir, false),
+                    nfa_states(&prefix::closure(&hir), true),
+                )
+            });
+            patterns.push(PatternCost {
+                rule: rule.clone(),
+                pattern: pattern.clone(),
+                nfa_states,
+                closure_states,
+            });
+        }
+    }
+    patterns.sort_by_key(|p| copy.rule_index(&p.rule));
+    CostReport { automata, patterns }
+}
+
+impl fmt::Display for CostReport {
+    /// Two Markdown tables: the automata, then the patterns.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "| direction | automaton | NFA states | NFA bytes | cache bytes per scanning thread |"
+        )?;
+        writeln!(f, "|---|---|---|---|---|")?;
+        for (dir, what, fp) in &self.automata {
+            writeln!(
+                f,
+                "| {} | {what} | {} | {} | {} |",
+                dir.as_str(),
+                fp.nfa_states,
+                fp.nfa_bytes,
+                fp.cache_bytes
+            )?;
+        }
+        let (bytes, cache) = self.automata.iter().fold((0, 0), |(b, c), (_, _, fp)| {
+            (b + fp.nfa_bytes, c + fp.cache_bytes)
+        });
+        writeln!(f, "| all | | | {bytes} | {cache} |")?;
+        writeln!(f)?;
+        writeln!(f, "| rule | NFA states | closure states | pattern |")?;
+        writeln!(f, "|---|---|---|---|")?;
+        for p in &self.patterns {
+            let pattern = p.pattern.replace('|', "\\|");
+            writeln!(
+                f,
+                "| {} | {} | {} | `{pattern}` |",
+                p.rule, p.nfa_states, p.closure_states
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// States of `hir`'s NFA as the engine compiles it (no capture groups); 0 if it does not compile.
+fn nfa_states(hir: &regex_syntax::hir::Hir, reverse: bool) -> usize {
+    thompson::Compiler::new()
+        .configure(
+            thompson::Config::new()
+                .reverse(reverse)
+                .which_captures(WhichCaptures::None)
+                .nfa_size_limit(None),
+        )
+        .build_from_hir(hir)
+        .map_or(0, |nfa| nfa.states().len())
+}
+
 /// Reads JSONL `{"text": …}` lines and writes one JSON line per finding. Every rule applies with
 /// its written action (shadow and scope ignored). Returns the number of lines read.
 pub fn scan(
@@ -346,4 +471,74 @@ pub fn scan(
     }
     output.flush()?;
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+[[rule]]
+id = "long-token"
+kind = "regex"
+pattern = "tok_[a-z0-9]{8,1024}"
+action = "block"
+direction = "both"
+[[rule.test]]
+text = "here is tok_abcdefgh1234 for you"
+expect = "block"
+
+[[rule]]
+id = "short-code"
+kind = "regex"
+pattern = "code-[0-9]{4}"
+action = "flag"
+direction = "input"
+[[rule.test]]
+text = "my code-1234"
+expect = "flag"
+"#;
+
+    #[test]
+    fn cost_names_each_pattern_and_each_automaton_with_its_size() {
+        let policy = Policy::from_toml(POLICY).unwrap();
+        let report = cost(&policy);
+        let rules: Vec<&str> = report.patterns.iter().map(|p| p.rule.as_str()).collect();
+        assert_eq!(rules, ["long-token", "short-code"]);
+        let (long, short) = (&report.patterns[0], &report.patterns[1]);
+        // A bounded repetition costs a state per repetition, in the pattern and its closure.
+        assert!(
+            long.nfa_states > 1024 && long.closure_states > 1024,
+            "{long:?}"
+        );
+        assert!(
+            short.nfa_states < 64 && short.closure_states < 64,
+            "{short:?}"
+        );
+        let kinds: Vec<(Direction, &str)> = report.automata.iter().map(|a| (a.0, a.1)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (Direction::Input, "occurrence"),
+                (Direction::Input, "hold-back"),
+                (Direction::Output, "occurrence"),
+                (Direction::Output, "hold-back"),
+            ]
+        );
+        for (dir, what, f) in &report.automata {
+            assert!(f.nfa_states > 0 && f.nfa_bytes > 0, "{dir:?} {what}: {f:?}");
+            // The test texts were scanned, so each automaton has a cache on this thread.
+            assert!(f.cache_bytes > 0, "{dir:?} {what}: {f:?}");
+        }
+        // The occurrence automaton widens the long repetition: far smaller than the pattern.
+        let input_set = &report.automata[0].2;
+        assert!(input_set.nfa_states * 10 < long.nfa_states, "{input_set:?}");
+        // The output automata hold only the rule that applies to output.
+        assert!(report.automata[3].2.nfa_states < report.automata[1].2.nfa_states);
+        let text = report.to_string();
+        let row = format!("| input | occurrence | {} |", input_set.nfa_states);
+        assert!(text.contains(&row), "{text}");
+        assert!(text.contains("| long-token | "), "{text}");
+        assert!(text.contains("`code-[0-9]{4}`"), "{text}");
+    }
 }

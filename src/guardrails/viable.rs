@@ -24,7 +24,7 @@ use regex_automata::nfa::thompson::{self, WhichCaptures};
 use regex_automata::{Anchored, Input};
 use regex_syntax::hir::{Hir, Look};
 
-use super::occurs::{caches, lazy_dfa_config, Caches};
+use super::occurs::{caches, lazy_dfa_config, Caches, Footprint};
 
 /// The prefix closures of a direction's patterns, searched backwards from the end of a buffer.
 pub(crate) struct Viable {
@@ -93,6 +93,11 @@ impl Viable {
             Ok(m) => m.map_or(hay.len(), |m| m.offset()),
             Err(_) => self.earliest_slow(hay, from),
         }
+    }
+
+    /// The automaton's size, and this thread's cache for it.
+    pub fn footprint(&self) -> Footprint {
+        Footprint::of(&self.dfa, &self.caches)
     }
 
     fn earliest_slow(&self, hay: &str, from: usize) -> usize {
