@@ -154,9 +154,9 @@ impl GuardrailsHandle {
         }
     }
 
-    /// The policy being served now.
+    /// The policy being served now: this thread's copy of it (see [`super::local`]).
     pub fn policy(&self) -> Arc<Policy> {
-        self.inner.current.load_full()
+        super::local::copy_of(&self.inner.current.load())
     }
 
     /// The version of the policy being served now (for `x-sluice-policy-version`).

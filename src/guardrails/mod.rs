@@ -37,6 +37,7 @@ pub mod compile;
 pub(crate) mod engine;
 pub mod handle;
 pub mod injection;
+mod local;
 pub mod metrics;
 pub(crate) mod occurs;
 pub mod pii;
