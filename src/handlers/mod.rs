@@ -72,7 +72,7 @@ where
     let api = listener == Listener::Api;
     let metrics_here = listener == Listener::Admin || state.metrics_on_api;
     if !api && path.starts_with("/admin/") {
-        return admin::handle(&state, req).await;
+        return Box::pin(admin::handle(&state, req)).await;
     }
     let allowed: &[Method] = match path.as_str() {
         "/v1/chat/completions" | "/chat/completions" if api => &[Method::POST],
@@ -104,7 +104,10 @@ where
         return resp;
     }
     match path.as_str() {
-        "/v1/chat/completions" | "/chat/completions" => chat::handle(state, req).await,
+        // Boxed: the chat handler's future is several kilobytes, and inline it would make this
+        // future (which the router boxes and moves for every request, whatever its path) as
+        // large.
+        "/v1/chat/completions" | "/chat/completions" => Box::pin(chat::handle(state, req)).await,
         "/v1/models" | "/models" => {
             let caller = req
                 .extensions()
