@@ -211,7 +211,9 @@ fn guardrails(cmd: GuardrailsCommand) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            print!("{}", tools::cost(&policy));
+            // A closed pipe (`| head`) is the reader's choice, not a failure to report.
+            let report = tools::cost(&policy).to_string();
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), report.as_bytes());
             ExitCode::SUCCESS
         }
         GuardrailsCommand::Scan { policy, direction } => {

@@ -348,7 +348,8 @@ pub fn compile(src: &Sources) -> Result<Policy, PolicyError> {
     let [kin, kout] = keywords;
     let build = |ps: Vec<(Probe, regex_syntax::hir::Hir)>, ks: Vec<Keyword>, what: &str| {
         let (ps, hirs): (Vec<Probe>, Vec<_>) = ps.into_iter().unzip();
-        Engine::new(ps, &hirs, ks).map_err(|e| {
+        // Requests are checked whole; only answers are scanned as they stream.
+        Engine::new(ps, &hirs, ks, what == "output").map_err(|e| {
             PolicyError::new(
                 src.dir.display().to_string(),
                 format!("the {what} rules do not compile together: {e}"),

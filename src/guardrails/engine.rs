@@ -101,6 +101,10 @@ pub(crate) struct Engine {
     set: Option<Occurs>,
     /// The prefix closures of every probe, ending at the end of the text.
     viable: Option<Viable>,
+    /// Whether text is scanned as it streams. Requests are only ever checked whole, so the input
+    /// engine has no hold-back automaton (1.5 MB of NFA with the shipped policy, never
+    /// searched); streamed anyway, it would hold everything back until the end.
+    streamed: bool,
     keywords: Option<Arc<Keywords>>,
     /// Bytes of already released text kept for look-behind and context words.
     pub lookbehind: usize,
@@ -115,16 +119,27 @@ pub(crate) struct SourceInfo<'a> {
 // === impl Engine ===
 
 impl Engine {
-    /// Compiles probes and keywords; `hirs` are the probes' parsed patterns.
-    pub fn new(probes: Vec<Probe>, hirs: &[Hir], keywords: Vec<Keyword>) -> Result<Self, String> {
+    /// Compiles probes and keywords; `hirs` are the probes' parsed patterns. Only a `streamed`
+    /// engine can release text before the end, and only it builds the automaton that says what
+    /// may be released.
+    pub fn new(
+        probes: Vec<Probe>,
+        hirs: &[Hir],
+        keywords: Vec<Keyword>,
+        streamed: bool,
+    ) -> Result<Self, String> {
         let set = if probes.is_empty() {
             None
         } else {
             let patterns: Vec<&str> = probes.iter().map(|p| p.spec.pattern.as_str()).collect();
             Some(Occurs::new(&patterns, NFA_SIZE_LIMIT, DFA_CACHE)?)
         };
-        let mut prefixes: Vec<Hir> = hirs.iter().map(super::prefix::closure).collect();
-        for k in &keywords {
+        let mut prefixes: Vec<Hir> = if streamed {
+            hirs.iter().map(super::prefix::closure).collect()
+        } else {
+            Vec::new()
+        };
+        for k in keywords.iter().filter(|_| streamed) {
             // Keywords are held back like patterns; their closure is case-folded, which is wider
             // than a case-sensitive keyword needs and so only errs towards holding back.
             let lit = regex_syntax::escape(&k.text);
@@ -157,6 +172,7 @@ impl Engine {
             probes,
             set,
             viable,
+            streamed,
             keywords,
             lookbehind: CONTEXT_BEFORE + 8 + after,
         })
@@ -233,6 +249,7 @@ impl Engine {
                 return v;
             }
             let v = match &self.viable {
+                None if !self.streamed => from,
                 None => n,
                 Some(viable) => viable.earliest(hay, from - base) + base,
             };

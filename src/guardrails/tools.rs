@@ -330,7 +330,8 @@ pub struct PatternCost {
 }
 
 /// Measures `policy`'s automata. The caches are a copy's, filled by scanning every rule test's
-/// text in each direction, whole and streamed a word at a time, as serving would fill them.
+/// text as serving would: whole in both directions, and streamed a word at a time as output
+/// (requests are checked whole, so the input engine has no hold-back automaton).
 pub fn cost(policy: &Policy) -> CostReport {
     let copy = Arc::new(policy.clone());
     let dirs = [Direction::Input, Direction::Output];
@@ -339,6 +340,9 @@ pub fn cost(policy: &Policy) -> CostReport {
         let texts = copy.rules.iter().flat_map(|r| &r.tests);
         for case in texts.filter(|c| c.direction.is_none_or(|d| d == dir)) {
             let _ = Scanner::scan_text(Arc::clone(&copy), dir, actions.clone(), &case.text);
+            if dir == Direction::Input {
+                continue;
+            }
             let mut stream = Scanner::new(Arc::clone(&copy), dir, actions.clone());
             for word in case.text.split_inclusive(' ') {
                 let _ = stream.push(word);
@@ -520,7 +524,6 @@ expect = "flag"
             kinds,
             [
                 (Direction::Input, "occurrence"),
-                (Direction::Input, "hold-back"),
                 (Direction::Output, "occurrence"),
                 (Direction::Output, "hold-back"),
             ]
@@ -534,7 +537,7 @@ expect = "flag"
         let input_set = &report.automata[0].2;
         assert!(input_set.nfa_states * 10 < long.nfa_states, "{input_set:?}");
         // The output automata hold only the rule that applies to output.
-        assert!(report.automata[3].2.nfa_states < report.automata[1].2.nfa_states);
+        assert!(report.automata[1].2.nfa_states < report.automata[0].2.nfa_states);
         let text = report.to_string();
         let row = format!("| input | occurrence | {} |", input_set.nfa_states);
         assert!(text.contains(&row), "{text}");

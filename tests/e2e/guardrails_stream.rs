@@ -172,6 +172,26 @@ fn check_text(policy: &Arc<Policy>, dir: Direction, text: &str) {
     );
 }
 
+#[test]
+fn input_is_checked_whole_so_streamed_input_is_held_until_the_end() {
+    let policy = default_policy();
+    let actions = policy.actions_all(Direction::Input);
+    let mut s = Scanner::new(Arc::clone(&policy), Direction::Input, actions);
+    assert_eq!(s.push("Hello there, ").release, "");
+    assert_eq!(s.push("write to bob@example.com please").release, "");
+    assert_eq!(
+        s.held(),
+        "Hello there, write to bob@example.com please".len()
+    );
+    let end = s.finish();
+    assert_eq!(end.release, "Hello there, write to [EMAIL] please");
+    assert!(!end.blocked);
+    // Answers stream: text that cannot become a match is released at once.
+    let actions = policy.actions_all(Direction::Output);
+    let mut o = Scanner::new(Arc::clone(&policy), Direction::Output, actions);
+    assert_eq!(o.push("Hello there, ").release, "Hello there, ");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
