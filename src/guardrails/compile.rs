@@ -346,19 +346,20 @@ pub fn compile(src: &Sources) -> Result<Policy, PolicyError> {
     }
     let [pin, pout] = probes;
     let [kin, kout] = keywords;
-    let build = |ps: Vec<(Probe, regex_syntax::hir::Hir)>, ks: Vec<Keyword>, what: &str| {
-        let (ps, hirs): (Vec<Probe>, Vec<_>) = ps.into_iter().unzip();
-        // Requests are checked whole; only answers are scanned as they stream.
-        Engine::new(ps, &hirs, ks, what == "output").map_err(|e| {
-            PolicyError::new(
-                src.dir.display().to_string(),
-                format!("the {what} rules do not compile together: {e}"),
-            )
-        })
-    };
+    let build =
+        |ps: Vec<(Probe, regex_syntax::hir::Hir)>, ks: Vec<Keyword>, what: &str, streamed: bool| {
+            let (ps, hirs): (Vec<Probe>, Vec<_>) = ps.into_iter().unzip();
+            Engine::new(ps, &hirs, ks, streamed).map_err(|e| {
+                PolicyError::new(
+                    src.dir.display().to_string(),
+                    format!("the {what} rules do not compile together: {e}"),
+                )
+            })
+        };
     Ok(Policy {
-        input: build(pin, kin, "input")?,
-        output: build(pout, kout, "output")?,
+        // Requests are checked whole; only answers are scanned as they stream.
+        input: build(pin, kin, "input", false)?,
+        output: build(pout, kout, "output", true)?,
         rules,
         version: Arc::from(src.version.as_str()),
         version_header: HeaderValue::from_str(&src.version).ok(),

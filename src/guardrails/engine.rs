@@ -134,22 +134,10 @@ impl Engine {
             let patterns: Vec<&str> = probes.iter().map(|p| p.spec.pattern.as_str()).collect();
             Some(Occurs::new(&patterns, NFA_SIZE_LIMIT, DFA_CACHE)?)
         };
-        let mut prefixes: Vec<Hir> = if streamed {
-            hirs.iter().map(super::prefix::closure).collect()
+        let viable = if streamed {
+            hold_back(hirs, &keywords)?
         } else {
-            Vec::new()
-        };
-        for k in keywords.iter().filter(|_| streamed) {
-            // Keywords are held back like patterns; their closure is case-folded, which is wider
-            // than a case-sensitive keyword needs and so only errs towards holding back.
-            let lit = regex_syntax::escape(&k.text);
-            let hir = super::prefix::parse(&format!("(?i){lit}"))?;
-            prefixes.push(super::prefix::closure(&hir));
-        }
-        let viable = if prefixes.is_empty() {
             None
-        } else {
-            Some(Viable::new(prefixes, NFA_SIZE_LIMIT, DFA_CACHE)?)
         };
         let keywords = if keywords.is_empty() {
             None
@@ -375,6 +363,23 @@ fn next_char(hay: &str, base: usize, pos: usize) -> usize {
     let rel = pos - base;
     let step = hay[rel..].chars().next().map_or(1, char::len_utf8);
     pos + step
+}
+
+/// The automaton that says how much of a stream may be released: the prefix closures of every
+/// probe and keyword, or `None` when there are none.
+fn hold_back(hirs: &[Hir], keywords: &[Keyword]) -> Result<Option<Viable>, String> {
+    let mut prefixes: Vec<Hir> = hirs.iter().map(super::prefix::closure).collect();
+    for k in keywords {
+        // Keywords are held back like patterns; their closure is case-folded, which is wider
+        // than a case-sensitive keyword needs and so only errs towards holding back.
+        let lit = regex_syntax::escape(&k.text);
+        let hir = super::prefix::parse(&format!("(?i){lit}"))?;
+        prefixes.push(super::prefix::closure(&hir));
+    }
+    if prefixes.is_empty() {
+        return Ok(None);
+    }
+    Viable::new(prefixes, NFA_SIZE_LIMIT, DFA_CACHE).map(Some)
 }
 
 // === impl Keywords ===

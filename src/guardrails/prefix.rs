@@ -143,8 +143,9 @@ fn repetition_then(item: &Hir, w: &Hir) -> Option<Hir> {
             sub: Box::new(x.clone()),
         })
     };
+    let px = pref(x);
     let tail = Hir::alternation(vec![
-        pref(x),
+        px.clone(),
         Hir::concat(vec![optional(x.clone()), w.clone()]),
     ]);
     let enough = Hir::concat(vec![
@@ -154,7 +155,7 @@ fn repetition_then(item: &Hir, w: &Hir) -> Option<Hir> {
     ]);
     Some(match rep.min {
         0 => enough,
-        min => Hir::alternation(vec![Hir::concat(vec![copies(0, min - 1), pref(x)]), enough]),
+        min => Hir::alternation(vec![Hir::concat(vec![copies(0, min - 1), px]), enough]),
     })
 }
 

@@ -320,7 +320,7 @@ pub struct CostReport {
 }
 
 /// One pattern's size: states of its own NFA (what its regex is built from) and of its prefix
-/// closure (its part of the hold-back automaton).
+/// closure (its part of the hold-back automaton, which only output patterns are in).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternCost {
     pub rule: String,
