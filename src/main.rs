@@ -157,15 +157,12 @@ fn main() -> ExitCode {
 }
 
 fn guardrails(cmd: GuardrailsCommand) -> ExitCode {
-    use sluice::guardrails::{tools, Direction, Policy};
+    use sluice::guardrails::{tools, Direction};
     match cmd {
         GuardrailsCommand::Test { dir } => {
-            let policy = match Policy::load(&dir) {
-                Ok(p) => Arc::new(p),
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+            let policy = match load_policy(&dir) {
+                Ok(p) => p,
+                Err(code) => return code,
             };
             let failures = tools::run_tests(&policy);
             let cases: usize = policy.rules.iter().map(|r| r.tests.len()).sum();
@@ -204,12 +201,9 @@ fn guardrails(cmd: GuardrailsCommand) -> ExitCode {
             }
         }
         GuardrailsCommand::Cost { dir } => {
-            let policy = match Policy::load(&dir) {
+            let policy = match load_policy(&dir) {
                 Ok(p) => p,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             // A closed pipe (`| head`) is the reader's choice, not a failure to report.
             let report = tools::cost(&policy).to_string();
@@ -217,12 +211,9 @@ fn guardrails(cmd: GuardrailsCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         GuardrailsCommand::Scan { policy, direction } => {
-            let policy = match Policy::load(&policy) {
-                Ok(p) => Arc::new(p),
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+            let policy = match load_policy(&policy) {
+                Ok(p) => p,
+                Err(code) => return code,
             };
             let dir = match direction {
                 DirectionArg::Input => Direction::Input,
@@ -239,6 +230,17 @@ fn guardrails(cmd: GuardrailsCommand) -> ExitCode {
             }
         }
     }
+}
+
+/// Loads a policy directory for a `guardrails` command; a policy that does not load is reported
+/// and exits with status 2.
+fn load_policy(dir: &std::path::Path) -> Result<Arc<sluice::guardrails::Policy>, ExitCode> {
+    sluice::guardrails::Policy::load(dir)
+        .map(Arc::new)
+        .map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        })
 }
 
 fn pull(path: &std::path::Path) -> ExitCode {
