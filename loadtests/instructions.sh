@@ -87,7 +87,8 @@ echo "| target | requests | instructions per request |"
 echo "|---|---|---|"
 measure sluice "$BIN/sluice"
 if [[ -n "${SLUICE_BEFORE:-}" ]]; then
-    SLUICE_REPO="${SLUICE_BEFORE_REPO:-$SLUICE_REPO}" measure sluice-before "$SLUICE_BEFORE"
+    SLUICE_REPO="${SLUICE_BEFORE_REPO:-$SLUICE_REPO}" \
+        measure "${SLUICE_BEFORE_LABEL:-sluice-before}" "$SLUICE_BEFORE"
 fi
 echo
 echo "Own instructions per request of the most expensive functions (sluice):"

@@ -96,17 +96,23 @@ start_sluice() {
 }
 
 # start_before UPSTREAM_PORT: when SLUICE_BEFORE names an older sluice binary, starts it with the
-# "on" config in front of the upstream and adds `sluice-before PORT KEY` to TARGETS, so one run
-# measures before and after side by side. An older binary may not pass the newer policy's own
-# tests, so it serves SLUICE_BEFORE_REPO's policy (this checkout's when unset).
+# "on" config in front of the upstream and adds `LABEL PORT KEY` to TARGETS, so one run measures
+# before and after side by side. LABEL is SLUICE_BEFORE_LABEL, `sluice-before` when unset (for
+# the profile-guided build, `sluice-pgo`); one word, as the tables read it. An older binary may
+# not pass the newer policy's own tests, so it serves SLUICE_BEFORE_REPO's policy (this
+# checkout's when unset).
 start_before() {
     [[ -n "${SLUICE_BEFORE:-}" ]] || return 0
-    local port
+    local port label="${SLUICE_BEFORE_LABEL:-sluice-before}"
+    if [[ ! "$label" =~ ^[A-Za-z0-9._-]+$ ]]; then
+        echo "SLUICE_BEFORE_LABEL must be one word of letters, digits, '.', '_' or '-': $label" >&2
+        return 1
+    fi
     port="$(free_port)"
     sluice_config "$WORK/before.toml" "$port" "$1" on
     SLUICE_REPO="${SLUICE_BEFORE_REPO:-$SLUICE_REPO}" \
         start_sluice "$WORK/before.toml" "$port" "$SLUICE_BEFORE"
-    TARGETS+=("sluice-before $port $BENCH_KEY")
+    TARGETS+=("$label $port $BENCH_KEY")
 }
 
 # start_proxied [MOCK_ARGS...]: the scenarios' common set-up. The mock upstream (with MOCK_ARGS),

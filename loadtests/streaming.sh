@@ -9,7 +9,7 @@
 # directly, through nginx, and through Sluice with keys and rate limits on.
 #
 # Environment: STREAMS, ROUNDS, SLUICE_BEFORE and SLUICE_BEFORE_REPO (a second sluice binary and
-# its checkout, measured as `sluice-before`, as in overhead.sh).
+# its checkout, measured as `sluice-before` or SLUICE_BEFORE_LABEL, as in overhead.sh).
 source "$(dirname "$0")/lib.sh"
 
 STREAMS="${STREAMS:-1000}"
