@@ -20,6 +20,9 @@ CONNS="${CONNS:-1}"
 POLICY="${POLICY:-on}"
 TOP="${TOP:-25}"
 
+# Refused before anything is built or measured.
+[[ -n "${SLUICE_BEFORE:-}" ]] && BEFORE_LABEL="$(before_label)"
+
 build
 if ! command -v valgrind >/dev/null; then
     log "installing valgrind (apt-get)"
@@ -87,8 +90,7 @@ echo "| target | requests | instructions per request |"
 echo "|---|---|---|"
 measure sluice "$BIN/sluice"
 if [[ -n "${SLUICE_BEFORE:-}" ]]; then
-    SLUICE_REPO="${SLUICE_BEFORE_REPO:-$SLUICE_REPO}" \
-        measure "${SLUICE_BEFORE_LABEL:-sluice-before}" "$SLUICE_BEFORE"
+    SLUICE_REPO="${SLUICE_BEFORE_REPO:-$SLUICE_REPO}" measure "$BEFORE_LABEL" "$SLUICE_BEFORE"
 fi
 echo
 echo "Own instructions per request of the most expensive functions (sluice):"

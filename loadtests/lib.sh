@@ -95,19 +95,27 @@ start_sluice() {
     wait_port "$port"
 }
 
-# start_before UPSTREAM_PORT: when SLUICE_BEFORE names an older sluice binary, starts it with the
-# "on" config in front of the upstream and adds `LABEL PORT KEY` to TARGETS, so one run measures
-# before and after side by side. LABEL is SLUICE_BEFORE_LABEL, `sluice-before` when unset (for
-# the profile-guided build, `sluice-pgo`); one word, as the tables read it. An older binary may
-# not pass the newer policy's own tests, so it serves SLUICE_BEFORE_REPO's policy (this
-# checkout's when unset).
-start_before() {
-    [[ -n "${SLUICE_BEFORE:-}" ]] || return 0
-    local port label="${SLUICE_BEFORE_LABEL:-sluice-before}"
+# before_label: the name of SLUICE_BEFORE's rows: SLUICE_BEFORE_LABEL, `sluice-before` when unset
+# (for the profile-guided build, `sluice-pgo`). One word, as the tables read it and as a file
+# name; anything else is refused.
+before_label() {
+    local label="${SLUICE_BEFORE_LABEL:-sluice-before}"
     if [[ ! "$label" =~ ^[A-Za-z0-9._-]+$ ]]; then
         echo "SLUICE_BEFORE_LABEL must be one word of letters, digits, '.', '_' or '-': $label" >&2
         return 1
     fi
+    echo "$label"
+}
+
+# start_before UPSTREAM_PORT: when SLUICE_BEFORE names an older sluice binary, starts it with the
+# "on" config in front of the upstream and adds `LABEL PORT KEY` to TARGETS (LABEL from
+# before_label), so one run measures before and after side by side. An older binary may not
+# pass the newer policy's own tests, so it serves SLUICE_BEFORE_REPO's policy (this checkout's
+# when unset).
+start_before() {
+    [[ -n "${SLUICE_BEFORE:-}" ]] || return 0
+    local port label
+    label="$(before_label)"
     port="$(free_port)"
     sluice_config "$WORK/before.toml" "$port" "$1" on
     SLUICE_REPO="${SLUICE_BEFORE_REPO:-$SLUICE_REPO}" \

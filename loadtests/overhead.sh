@@ -16,9 +16,9 @@
 #
 # Environment: DURATION (per point, 5s), WARMUP (1s), ROUNDS (3), CONNS ("1 32 256"), STREAM (1),
 # SLUICE_BEFORE (a second sluice binary, measured as `sluice-before` or as SLUICE_BEFORE_LABEL,
-# for before/after comparisons), SLUICE_BEFORE_REPO (a checkout of that binary's commit, whose guardrails/ it
-# serves; this checkout's policy when unset), WRK (1; 0 skips the cross-check), KEEP_WORK (keep
-# configs and logs).
+# for before/after comparisons), SLUICE_BEFORE_REPO (a checkout of that binary's commit, whose
+# guardrails/ it serves; this checkout's policy when unset), WRK (1; 0 skips the cross-check),
+# KEEP_WORK (keep configs and logs).
 source "$(dirname "$0")/lib.sh"
 
 DURATION="${DURATION:-5s}"
