@@ -3,7 +3,8 @@
 //! A regulated deployment has to show what was blocked or redacted, when, for whom and under
 //! which policy, without the log becoming a second copy of the data it protects. So a record holds
 //! the rule, action, request id, model, key name and policy version, and an excerpt in which the
-//! matched span is replaced by its entity and every digit by `#`; the raw match is never written.
+//! matched span and every other finding of the policy are replaced by their entity, and whatever
+//! else could be data is masked (`super::excerpt`); the raw match is never written.
 //! Records are handed to a writer thread through a bounded channel, so a slow disk never stalls a
 //! request; when the channel is full the record is dropped and counted.
 
@@ -30,7 +31,8 @@ pub struct AuditRecord {
     pub model: String,
     pub key: Option<String>,
     pub policy_version: String,
-    /// The span's surroundings with the span and digits masked.
+    /// The span's surroundings, with every finding labelled and anything that could be data
+    /// masked.
     pub excerpt: String,
 }
 

@@ -35,6 +35,7 @@
 pub mod audit;
 pub mod compile;
 pub(crate) mod engine;
+pub(crate) mod excerpt;
 pub mod handle;
 pub mod injection;
 mod local;

@@ -33,7 +33,8 @@ pub struct Finding {
     pub end: usize,
     /// What was done.
     pub action: Action,
-    /// A short excerpt around the span with the span and digits masked, safe to log.
+    /// A short excerpt around the span, with every finding of the policy labelled and anything
+    /// else that could be data masked, safe to log ([`super::excerpt`]).
     pub excerpt: String,
 }
 
@@ -76,6 +77,10 @@ pub struct Scanner {
     findings: Vec<Finding>,
     blocked: Option<usize>,
     finished: bool,
+    /// Whether findings carry an excerpt (off for the scan that builds an excerpt).
+    excerpts: bool,
+    /// Set while the last step runs: no more text follows what is in `buf`.
+    ending: bool,
 }
 
 // === impl Scanner ===
@@ -98,6 +103,8 @@ impl Scanner {
             findings: Vec::new(),
             blocked: None,
             finished: false,
+            excerpts: true,
+            ending: false,
         }
     }
 
@@ -114,6 +121,20 @@ impl Scanner {
         s.buf.push_str(text);
         let out = s.finish();
         (out, s.take_findings())
+    }
+
+    /// Every finding of a whole text, without excerpts: what [`super::excerpt`] labels.
+    pub(crate) fn scan_text_without_excerpts(
+        policy: Arc<Policy>,
+        dir: Direction,
+        actions: Vec<Option<Action>>,
+        text: &str,
+    ) -> Vec<Finding> {
+        let mut s = Scanner::new(policy, dir, actions);
+        s.excerpts = false;
+        s.buf.push_str(text);
+        s.finish();
+        s.take_findings()
     }
 
     /// Adds text; returns what may be released now.
@@ -172,6 +193,7 @@ impl Scanner {
     fn step(&mut self, finished: bool, mut out: String) -> Pushed {
         let policy = Arc::clone(&self.policy);
         let engine = policy.engine(self.dir);
+        self.ending = finished;
         let settled = engine.advance(
             &self.buf,
             self.base,
@@ -217,7 +239,7 @@ impl Scanner {
     }
 
     /// Applies one hit; returns true when it blocks.
-    fn decide(&mut self, policy: &Policy, hit: Hit, out: &mut String) -> bool {
+    fn decide(&mut self, policy: &Arc<Policy>, hit: Hit, out: &mut String) -> bool {
         let rule = &policy.rules[hit.rule];
         let Some(action) = self.actions.get(hit.rule).copied().flatten() else {
             return false;
@@ -286,9 +308,21 @@ impl Scanner {
         self.released = g.end;
     }
 
-    fn record(&mut self, policy: &Policy, hit: &Hit, action: Action) {
+    fn record(&mut self, policy: &Arc<Policy>, hit: &Hit, action: Action) {
         let entity = policy.engine(self.dir).source(hit.source).entity;
-        let excerpt = excerpt(&self.buf, self.base, hit.start, hit.end, entity);
+        let excerpt = if self.excerpts {
+            super::excerpt::build(
+                policy,
+                self.dir,
+                &self.buf,
+                self.base,
+                hit.start..hit.end,
+                entity,
+                !self.ending,
+            )
+        } else {
+            String::new()
+        };
         self.findings.push(Finding {
             rule: hit.rule,
             entity,
@@ -310,32 +344,4 @@ impl Scanner {
             self.base += cut;
         }
     }
-}
-
-/// Up to 24 bytes either side of a span, the span replaced by its entity and every digit by `#`,
-/// so an audit record shows where a decision was made without the data it was made about.
-fn excerpt(buf: &str, base: usize, start: usize, end: usize, entity: &str) -> String {
-    let s = start.saturating_sub(base).min(buf.len());
-    let e = end.saturating_sub(base).min(buf.len());
-    let from = floor_boundary(buf, s.saturating_sub(24));
-    let to = floor_boundary(buf, (e + 24).min(buf.len()));
-    let mask = |t: &str| -> String {
-        t.chars()
-            .map(|c| {
-                if c.is_ascii_digit() {
-                    '#'
-                } else if c.is_control() {
-                    ' '
-                } else {
-                    c
-                }
-            })
-            .collect()
-    };
-    format!(
-        "{}[{}]{}",
-        mask(&buf[from..floor_boundary(buf, s)]),
-        entity.to_uppercase(),
-        mask(&buf[floor_boundary(buf, e)..to])
-    )
 }
