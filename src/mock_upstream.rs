@@ -89,6 +89,7 @@ pub struct MockConfig {
 /// | `malformed:<n>` | streams `<n>` tokens, then an event whose data is not JSON, then ends |
 /// | `no-done` | streams the whole answer (and usage) and ends cleanly without `data: [DONE]` |
 /// | `json` | answers a non-streaming `chat.completion` even when `stream: true` was asked |
+/// | `planted:<field>` | carries the answer text in another field, three characters per delta: `tool-call` (a tool call's `function.arguments`), `refusal`, `reasoning` (`reasoning_content`), or `choice1` (the content of a second choice, beside a first that says `ok`) |
 ///
 /// `<n>` counts token chunks; the role chunk that precedes the first token is not counted. An
 /// `<n>` at or beyond the answer's length applies the fault after the last token, before the
@@ -103,6 +104,17 @@ pub enum Fault {
     Malformed { after: usize },
     NoDone,
     Json,
+    Planted(Planted),
+}
+
+/// Where [`Fault::Planted`] puts the answer text: the fields besides choice 0's content that an
+/// upstream's answer may carry text in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planted {
+    ToolCall,
+    Refusal,
+    Reasoning,
+    SecondChoice,
 }
 
 /// One request as the mock received it.
@@ -231,9 +243,18 @@ impl FromStr for Fault {
             }),
             "no-done" => Ok(Fault::NoDone),
             "json" => Ok(Fault::Json),
+            "planted" => match arg.map(str::trim) {
+                Some("tool-call") => Ok(Fault::Planted(Planted::ToolCall)),
+                Some("refusal") => Ok(Fault::Planted(Planted::Refusal)),
+                Some("reasoning") => Ok(Fault::Planted(Planted::Reasoning)),
+                Some("choice1") => Ok(Fault::Planted(Planted::SecondChoice)),
+                _ => Err(format!(
+                    "fault `{s}`: `planted` needs one of tool-call, refusal, reasoning, choice1"
+                )),
+            },
             _ => Err(format!(
                 "fault `{s}`: expected one of status:<code>, slow:<ms>, stall:<n>, reset:<n>, \
-                 malformed:<n>, no-done, json"
+                 malformed:<n>, no-done, json, planted:<field>"
             )),
         }
     }
@@ -249,6 +270,7 @@ impl fmt::Display for Fault {
             Fault::Malformed { after } => write!(f, "malformed:{after}"),
             Fault::NoDone => f.write_str("no-done"),
             Fault::Json => f.write_str("json"),
+            Fault::Planted(p) => write!(f, "planted:{}", p.as_str()),
         }
     }
 }
@@ -476,6 +498,9 @@ async fn chat(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBody>
         Some(Fault::SlowFirstByte(delay)) => pause(delay).await,
         _ => {}
     }
+    if let Some(Fault::Planted(field)) = plan.fault {
+        return planted_response(plan, guard, field);
+    }
     if plan.stream && plan.fault != Some(Fault::Json) {
         return stream_response(plan, guard);
     }
@@ -572,6 +597,115 @@ fn stream_response(plan: Plan, guard: InFlight) -> Response<MockBody> {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
+}
+
+/// An answer whose text is in `field` ([`Fault::Planted`]), streamed three characters per
+/// delta or as one `chat.completion`.
+fn planted_response(plan: Plan, guard: InFlight, field: Planted) -> Response<MockBody> {
+    let text = plan.tokens.concat();
+    let finish = match field {
+        Planted::ToolCall => "tool_calls",
+        _ => "stop",
+    };
+    let choices = |index: u32, delta: Value, finish: Option<&str>| -> Value {
+        json!({
+            "id": plan.id, "object": "chat.completion.chunk", "created": plan.created,
+            "model": plan.model,
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    if !plan.stream {
+        let mut message = json!({"role": "assistant", "content": null});
+        let mut second = None;
+        match field {
+            Planted::ToolCall => {
+                message["tool_calls"] = json!([{"id": "call_1", "type": "function",
+                    "function": {"name": "lookup", "arguments": text}}]);
+            }
+            Planted::Refusal => message["refusal"] = Value::from(text),
+            Planted::Reasoning => {
+                message["content"] = Value::from("ok");
+                message["reasoning_content"] = Value::from(text);
+            }
+            Planted::SecondChoice => {
+                message["content"] = Value::from("ok");
+                second = Some(json!({"index": 1, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text}}));
+            }
+        }
+        let mut all = vec![json!({"index": 0, "message": message, "finish_reason": finish})];
+        all.extend(second);
+        return json_response(
+            StatusCode::OK,
+            &json!({"id": plan.id, "object": "chat.completion", "created": plan.created,
+                "model": plan.model, "choices": all, "usage": plan.usage()}),
+        );
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let mut frames = vec![Plan::frame(&choices(
+        0,
+        json!({"role": "assistant", "content": ""}),
+        None,
+    ))];
+    match field {
+        Planted::ToolCall => frames.push(Plan::frame(&choices(
+            0,
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                "function": {"name": "lookup", "arguments": ""}}]}),
+            None,
+        ))),
+        Planted::Reasoning | Planted::SecondChoice => {
+            frames.push(Plan::frame(&choices(0, json!({"content": "ok"}), None)))
+        }
+        Planted::Refusal => {}
+    }
+    for piece in chars.chunks(3) {
+        let piece: String = piece.iter().collect();
+        let (index, delta) = match field {
+            Planted::ToolCall => (
+                0,
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            ),
+            Planted::Refusal => (0, json!({"refusal": piece})),
+            Planted::Reasoning => (0, json!({"reasoning_content": piece})),
+            Planted::SecondChoice => (1, json!({"content": piece})),
+        };
+        frames.push(Plan::frame(&choices(index, delta, None)));
+    }
+    if field == Planted::SecondChoice {
+        frames.push(Plan::frame(&choices(1, json!({}), Some("stop"))));
+    }
+    frames.push(Plan::frame(&choices(0, json!({}), Some(finish))));
+    if plan.include_usage {
+        frames.push(plan.usage_chunk());
+    }
+    frames.push(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")));
+    let body = futures_util::stream::iter(frames.into_iter().map(Ok::<_, io::Error>));
+    let body = async_stream::stream! {
+        let _guard = guard;
+        for await frame in body {
+            yield frame;
+        }
+    };
+    let mut resp = Response::new(StreamBody::new(body).boxed_unsync());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    resp
+}
+
+// === impl Planted ===
+
+impl Planted {
+    fn as_str(self) -> &'static str {
+        match self {
+            Planted::ToolCall => "tool-call",
+            Planted::Refusal => "refusal",
+            Planted::Reasoning => "reasoning",
+            Planted::SecondChoice => "choice1",
+        }
+    }
 }
 
 // === impl Plan ===

@@ -204,11 +204,14 @@ impl Collector {
         for (k, v) in d.extra {
             if k == "tool_calls" {
                 merge_tool_calls(&mut c.tool_calls, v);
-            } else if let (Some(Value::String(old)), Value::String(new)) = (c.extra.get_mut(&k), &v)
-            {
-                old.push_str(new);
-            } else {
-                c.extra.insert(k, v);
+                continue;
+            }
+            match (c.extra.get_mut(&k), v) {
+                (Some(Value::String(old)), Value::String(new)) => old.push_str(&new),
+                (Some(Value::Object(old)), Value::Object(new)) => merge_fragment(old, new),
+                (_, v) => {
+                    c.extra.insert(k, v);
+                }
             }
         }
     }
@@ -277,29 +280,42 @@ impl Collector {
 }
 
 /// Merges streamed tool-call fragments: the first fragment of each index carries id, type and
-/// name; later ones append to `function.arguments`.
+/// name; later ones append to `function.arguments` (and fill in what the first lacked).
 fn merge_tool_calls(acc: &mut BTreeMap<u64, Value>, fragments: Value) {
     let Value::Array(items) = fragments else {
         return;
     };
     for item in items {
         let idx = item.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let Value::Object(mut item) = item else {
+            continue;
+        };
+        item.remove("index");
         match acc.get_mut(&idx) {
-            None => {
-                let mut item = item;
-                if let Some(obj) = item.as_object_mut() {
-                    obj.remove("index");
-                }
-                acc.insert(idx, item);
+            Some(Value::Object(existing)) => merge_fragment(existing, item),
+            _ => {
+                acc.insert(idx, Value::Object(item));
             }
-            Some(existing) => {
-                let more = item
-                    .pointer("/function/arguments")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                if let Some(Value::String(args)) = existing.pointer_mut("/function/arguments") {
-                    args.push_str(more);
-                }
+        }
+    }
+}
+
+/// Merges a later fragment of a nested field (a tool call, `function_call`, `audio`) into what
+/// came before: the streamed texts (`arguments`, `transcript`) are appended; anything else is
+/// set by its first fragment (an upstream that repeats a call's id or name in every fragment
+/// does not have it doubled).
+fn merge_fragment(acc: &mut Map<String, Value>, fragment: Map<String, Value>) {
+    for (k, v) in fragment {
+        match (acc.get_mut(&k), v) {
+            (Some(Value::String(old)), Value::String(new))
+                if k == "arguments" || k == "transcript" =>
+            {
+                old.push_str(&new)
+            }
+            (Some(Value::Object(old)), Value::Object(new)) => merge_fragment(old, new),
+            (Some(_), _) => {}
+            (None, v) => {
+                acc.insert(k, v);
             }
         }
     }

@@ -78,8 +78,18 @@ pub struct GuardrailsHandle {
 }
 
 /// Scans one response as it streams. Made by [`GuardrailsHandle::output_scanner`].
+///
+/// An answer is several texts: the content of each choice, and each text field a delta carries
+/// (a tool call's arguments, `refusal`, `reasoning_content`, …). Each is a stream of its own, held
+/// back and redacted on its own, so a value split across deltas of one field is still found and a
+/// value is never made by joining two fields. The main stream (choice 0's content) is always
+/// there; the others are opened when their first text arrives ([`open`](Self::open)).
 pub struct OutputScanner {
     scanner: Scanner,
+    /// The other streams of the answer, by the id [`open`](Self::open) gave.
+    streams: Vec<Scanner>,
+    /// The rule actions for this response, for the streams opened later.
+    actions: Vec<Option<Action>>,
     evidence: Evidence,
     elapsed: Duration,
     decisions: Vec<Decision>,
@@ -196,7 +206,9 @@ impl GuardrailsHandle {
         let policy = self.policy();
         let actions = policy.actions_for(Direction::Output, &ctx.model, ctx.key_name.as_deref());
         OutputScanner {
-            scanner: Scanner::new(Arc::clone(&policy), Direction::Output, actions),
+            scanner: Scanner::new(Arc::clone(&policy), Direction::Output, actions.clone()),
+            streams: Vec::new(),
+            actions,
             evidence: Evidence {
                 policy,
                 ctx: ctx.clone(),
@@ -215,42 +227,92 @@ fn check_input(ev: &Evidence, req: &mut ChatRequest) -> Result<InputOutcome, Err
     let mut decisions = Vec::new();
     check_limits(ev, req, &mut decisions)?;
     let actions = policy.actions_for(Direction::Input, &ev.ctx.model, ev.ctx.key_name.as_deref());
-    let mut redacted = false;
-    if actions.iter().any(Option::is_some) {
+    let mut scan = InputScan {
+        ev,
+        actions,
+        decisions: &mut decisions,
+        redacted: false,
+    };
+    if scan.actions.iter().any(Option::is_some) {
         for (i, msg) in req.messages.iter_mut().enumerate() {
-            let texts: Vec<&mut String> = match &mut msg.content {
-                None => Vec::new(),
-                Some(Content::Text(s)) => vec![s],
+            match &mut msg.content {
+                None => {}
+                Some(Content::Text(s)) => scan.text(s, Some(i))?,
                 Some(Content::Parts(parts)) => {
-                    parts.iter_mut().filter_map(|p| p.text.as_mut()).collect()
-                }
-            };
-            for text in texts {
-                let (out, findings) =
-                    Scanner::scan_text(Arc::clone(policy), Direction::Input, actions.clone(), text);
-                for f in &findings {
-                    decisions.push(ev.report(Direction::Input, f, Some(i)));
-                }
-                if out.blocked {
-                    let rule = findings
-                        .iter()
-                        .rev()
-                        .find(|f| f.action == Action::Block)
-                        .map(|f| &policy.rules[f.rule]);
-                    return Err(block_error(rule.map(|r| r.message.clone())));
-                }
-                if out.release != *text {
-                    *text = out.release;
-                    redacted = true;
+                    for text in parts.iter_mut().filter_map(|p| p.text.as_mut()) {
+                        scan.text(text, Some(i))?;
+                    }
                 }
             }
+            // `name`, an assistant's `tool_calls` (their arguments are text the model reads
+            // back), `refusal` and anything newer.
+            for value in msg.extra.values_mut() {
+                scan.json(value, Some(i))?;
+            }
+        }
+        // `user`, `metadata`, tool definitions, a `prediction`, …: every text the request
+        // carries goes to the upstream, so every text is judged.
+        for value in req.extra.values_mut() {
+            scan.json(value, None)?;
         }
     }
+    let redacted = scan.redacted;
     Ok(InputOutcome {
         version: policy.version_arc(),
         decisions,
         redacted,
     })
+}
+
+/// Judges the texts of one request.
+struct InputScan<'a> {
+    ev: &'a Evidence,
+    actions: Vec<Option<Action>>,
+    decisions: &'a mut Vec<Decision>,
+    /// Whether any text was rewritten.
+    redacted: bool,
+}
+
+impl InputScan<'_> {
+    /// Scans one text of message `message` (`None`: a field of the request itself), rewriting
+    /// it where a rule redacts; a block is the error to answer with.
+    fn text(&mut self, text: &mut String, message: Option<usize>) -> Result<(), Error> {
+        let policy = &self.ev.policy;
+        let (out, findings) = Scanner::scan_text(
+            Arc::clone(policy),
+            Direction::Input,
+            self.actions.clone(),
+            text,
+        );
+        for f in &findings {
+            self.decisions
+                .push(self.ev.report(Direction::Input, f, message));
+        }
+        if out.blocked {
+            let rule = findings
+                .iter()
+                .rev()
+                .find(|f| f.action == Action::Block)
+                .map(|f| &policy.rules[f.rule]);
+            return Err(block_error(rule.map(|r| r.message.clone())));
+        }
+        if out.release != *text {
+            *text = out.release;
+            self.redacted = true;
+        }
+        Ok(())
+    }
+
+    /// Scans every string in `value` (object keys are names, not text).
+    fn json(&mut self, value: &mut serde_json::Value, message: Option<usize>) -> Result<(), Error> {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => self.text(s, message),
+            Value::Array(items) => items.iter_mut().try_for_each(|v| self.json(v, message)),
+            Value::Object(o) => o.values_mut().try_for_each(|v| self.json(v, message)),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn block_error(message: Option<String>) -> Error {
@@ -406,6 +468,54 @@ impl OutputScanner {
         out
     }
 
+    /// Opens another stream of the answer; its id is for [`push_to`](Self::push_to) and
+    /// [`finish_stream`](Self::finish_stream).
+    pub fn open(&mut self) -> usize {
+        self.streams.push(Scanner::new(
+            Arc::clone(&self.evidence.policy),
+            Direction::Output,
+            self.actions.clone(),
+        ));
+        self.streams.len() - 1
+    }
+
+    /// As [`push_timed`](Self::push_timed), for the stream `id`.
+    pub fn push_to(&mut self, id: usize, text: String, clock: &mut Instant) -> Pushed {
+        let Some(s) = self.streams.get_mut(id) else {
+            return Pushed::default();
+        };
+        let out = s.push_owned(text);
+        let findings = s.take_findings();
+        self.lap(clock);
+        self.report(findings);
+        out
+    }
+
+    /// Ends the stream `id`: returns what it still held.
+    pub fn finish_stream(&mut self, id: usize, clock: &mut Instant) -> Pushed {
+        let Some(s) = self.streams.get_mut(id) else {
+            return Pushed::default();
+        };
+        let out = s.finish();
+        let findings = s.take_findings();
+        self.lap(clock);
+        self.report(findings);
+        out
+    }
+
+    /// Scans a text that arrives whole (a tool call's id or name): what to send instead.
+    pub fn scan_whole(&mut self, text: &str, clock: &mut Instant) -> Pushed {
+        let (out, findings) = Scanner::scan_text(
+            Arc::clone(&self.evidence.policy),
+            Direction::Output,
+            self.actions.clone(),
+            text,
+        );
+        self.lap(clock);
+        self.report(findings);
+        out
+    }
+
     /// Adds the time since `clock` to the scan time and moves `clock` to now.
     fn lap(&mut self, clock: &mut Instant) {
         let now = Instant::now();
@@ -413,16 +523,21 @@ impl OutputScanner {
         *clock = now;
     }
 
-    /// Whether the answer was blocked.
+    /// Whether the answer was blocked, in any of its streams.
     pub fn blocked(&self) -> bool {
-        self.scanner.blocked_by().is_some()
+        self.blocked_by().is_some()
     }
 
     /// The message of the rule that blocked.
     pub fn block_message(&self) -> Option<&str> {
+        self.blocked_by()
+            .map(|i| self.evidence.policy.rules[i].message.as_str())
+    }
+
+    fn blocked_by(&self) -> Option<usize> {
         self.scanner
             .blocked_by()
-            .map(|i| self.evidence.policy.rules[i].message.as_str())
+            .or_else(|| self.streams.iter().find_map(Scanner::blocked_by))
     }
 
     /// Every decision so far.
@@ -435,16 +550,21 @@ impl OutputScanner {
         self.evidence.policy.version()
     }
 
-    /// Bytes received but not yet released.
+    /// Bytes received but not yet released, in every stream.
     pub fn held(&self) -> usize {
-        self.scanner.held()
+        self.scanner.held() + self.streams.iter().map(Scanner::held).sum::<usize>()
     }
 
-    fn collect(&mut self, ended: bool) {
-        for f in self.scanner.take_findings() {
+    fn report(&mut self, findings: Vec<Finding>) {
+        for f in findings {
             let d = self.evidence.report(Direction::Output, &f, None);
             self.decisions.push(d);
         }
+    }
+
+    fn collect(&mut self, ended: bool) {
+        let findings = self.scanner.take_findings();
+        self.report(findings);
         if ended && !self.done {
             self.done = true;
             if let Some(m) = &self.evidence.metrics {

@@ -11,6 +11,7 @@ mod candle_model;
 mod clients;
 mod gateway;
 mod guardrails;
+mod guardrails_fields;
 mod guardrails_gateway;
 mod guardrails_policy;
 mod guardrails_stream;
