@@ -154,3 +154,62 @@ async fn every_text_a_request_carries_is_judged() {
     assert_eq!(sent["metadata"]["ticket"], "T-1");
     assert_eq!(sent["messages"][0]["name"], "[SECRET]");
 }
+
+#[tokio::test]
+async fn audit_excerpts_carry_no_neighbouring_values() {
+    let upstream = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-excerpts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[guardrails]\ndir = \"{}/guardrails\"\n\n\
+         [audit]\npath = \"{}\"\n\n[backends.up]\ntype = \"openai\"\nbase_url = \"{}\"\n\n\
+         [models.plain]\nbackend = \"up\"\n",
+        env!("CARGO_MANIFEST_DIR"),
+        audit.display(),
+        upstream.base_url(),
+    );
+    let gw = TestGateway::start(&config, vec![]).await;
+    let texts = [
+        "pay 4111 1111 1111 1111 owner johnqpublicsecret@corp.example",
+        "the key AKIAIOSFODNN7EXAMPLE belongs to ops@corp.example today",
+    ];
+    for t in texts {
+        let r = chat(
+            &gw,
+            &json!({"model": "plain", "messages": [{"role": "user", "content": t}]}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // The audit writer is a thread of its own: wait (bounded) until its four records are out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let records: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let recs: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|r: &Value| r["excerpt"].is_string())
+            .collect();
+        if recs.len() >= 4 || std::time::Instant::now() > deadline {
+            break recs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(records.len(), 4, "{records:?}");
+    for r in &records {
+        let ex = r["excerpt"].as_str().unwrap();
+        for leak in [
+            "4111", "1111", "johnq", "corp", "AKIA", "IOSF", "EXAMPLE", "ops",
+        ] {
+            assert!(!ex.contains(leak), "{leak} in {ex:?}");
+        }
+    }
+    let card = records
+        .iter()
+        .find(|r| r["entity"] == "credit_card")
+        .unwrap();
+    assert_eq!(card["excerpt"], "pay [CREDIT_CARD] owner [EMAIL]");
+    let _ = std::fs::remove_dir_all(&dir);
+}
