@@ -213,3 +213,41 @@ async fn audit_excerpts_carry_no_neighbouring_values() {
     assert_eq!(card["excerpt"], "pay [CREDIT_CARD] owner [EMAIL]");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_openai_sdk_reads_a_redacted_tool_call_whole() {
+    let upstream = MockUpstream::start(MockConfig::with_text(PLANTED))
+        .await
+        .unwrap();
+    let gw = gateway(&upstream).await;
+    let base = gw.url("/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/sdk/openai_tool_calls.py"
+            ))
+            .arg(base)
+            .arg("tool-call")
+            .output()
+            .expect("python3 must be installed")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "SDK script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for shape in ["non_stream", "stream"] {
+        let call = &report[shape];
+        assert_eq!(
+            call["arguments"], "mail [EMAIL] key [SECRET] card [CREDIT_CARD] end",
+            "{shape}: {report}"
+        );
+        assert_eq!(call["id"], "call_1", "{shape}");
+        assert_eq!(call["name"], "lookup", "{shape}");
+        assert_eq!(call["finish_reason"], "tool_calls", "{shape}");
+    }
+}
