@@ -94,6 +94,16 @@ impl TokenLimiter {
         }
     }
 
+    /// Gives back a prompt reserved by [`reserve`](Self::reserve) for a request that was not
+    /// admitted after all. Exact: the refill between the two is capped at the same full bucket
+    /// either way.
+    pub fn give_back(&self, tokens: u64) {
+        if let Ok(mut b) = self.state.lock() {
+            self.refill(&mut b);
+            b.balance = (b.balance + tokens as f64).min(self.per_minute as f64);
+        }
+    }
+
     /// The state for response headers, without taking anything.
     pub fn peek(&self) -> Granted {
         match self.state.lock() {

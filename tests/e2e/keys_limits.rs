@@ -174,6 +174,123 @@ async fn concurrency_cap_per_key() {
     assert_eq!(chat_as(&gw, Some("sk-alice"), "m").await.status, 200);
 }
 
+/// Models `m` and `other` with `m_limits` under `[models.m]`, and keys `alice` and `bob` (any
+/// model) with theirs.
+fn two_keys(m_limits: &str, alice: &str, bob: &str) -> String {
+    let base = scripted_config("").replace(
+        "[models.m]",
+        "[models.other]\nbackend = \"b\"\n\n[models.m]",
+    );
+    format!(
+        "{base}{m_limits}\n[keys.alice]\nsha256 = \"{}\"\n{alice}\n[keys.bob]\nsha256 = \"{}\"\n{bob}\n",
+        hash_hex("sk-alice"),
+        hash_hex("sk-bob")
+    )
+}
+
+/// A chat request by `key` for `model` whose one message is `content`; the prompt estimate is
+/// `ceil(len / 4) + 4` tokens.
+async fn chat_with(gw: &TestGateway, key: &str, model: &str, content: &str) -> Reply {
+    let auth = format!("Bearer {key}");
+    let mut body = chat_body(false);
+    body["model"] = model.into();
+    body["messages"][0]["content"] = content.into();
+    send(
+        "POST",
+        &gw.url("/v1/chat/completions"),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+/// The statuses of `replies`, and the limit kind named by each refusal.
+fn outcomes(replies: &[Reply]) -> Vec<String> {
+    replies
+        .iter()
+        .map(|r| match r.status {
+            200 => "200".to_string(),
+            429 => {
+                let m = r.json()["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let kind = m.split(['(', ')']).nth(1).unwrap_or("?").to_string();
+                format!("429 {kind}")
+            }
+            s => format!("{s} {}", r.text()),
+        })
+        .collect()
+}
+
+async fn chats(gw: &TestGateway, key: &str, model: &str, content: &str, n: usize) -> Vec<String> {
+    let mut replies = Vec::new();
+    for _ in 0..n {
+        replies.push(chat_with(gw, key, model, content).await);
+    }
+    outcomes(&replies)
+}
+
+// The request limits below refill one cell every 12 s or more; these tests take milliseconds, so
+// no cell comes back while they run.
+
+#[tokio::test]
+async fn a_model_refusal_leaves_the_key_its_quota() {
+    let gw = TestGateway::start(
+        &two_keys("requests_per_minute = 2", "requests_per_minute = 5", ""),
+        vec![ScriptedBackend::new("b", vec![])],
+    )
+    .await;
+    let got = chats(&gw, "sk-alice", "m", "hi", 5).await;
+    let refused = "429 model_requests";
+    assert_eq!(got, ["200", "200", refused, refused, refused]);
+    // The three the model refused took nothing from the key: three of its five are left.
+    let got = chats(&gw, "sk-alice", "other", "hi", 4).await;
+    assert_eq!(got, ["200", "200", "200", "429 key_requests"]);
+}
+
+#[tokio::test]
+async fn a_token_refusal_gives_back_the_request_cell() {
+    let gw = TestGateway::start(
+        &two_keys("", "requests_per_minute = 2\ntokens_per_minute = 100", ""),
+        vec![ScriptedBackend::new("b", vec![])],
+    )
+    .await;
+    // 400 bytes: an estimate of 104 tokens, admitted against the full bucket; the backend's usage
+    // (5 prompt, 3 completion) then corrects the account to 8 spent.
+    let big = "x".repeat(400);
+    assert_eq!(chats(&gw, "sk-alice", "m", &big, 1).await, ["200"]);
+    gw.idle().await;
+    assert_eq!(
+        chats(&gw, "sk-alice", "m", &big, 3).await,
+        ["429 key_tokens"; 3]
+    );
+    // The second request cell is still there for a prompt the bucket covers.
+    let got = chats(&gw, "sk-alice", "m", "hi", 2).await;
+    assert_eq!(got, ["200", "429 key_requests"]);
+}
+
+#[tokio::test]
+async fn one_callers_refusals_leave_the_model_quota_to_others() {
+    let gw = TestGateway::start(
+        &two_keys("requests_per_minute = 3", "tokens_per_minute = 100", ""),
+        vec![ScriptedBackend::new("b", vec![])],
+    )
+    .await;
+    let big = "x".repeat(400);
+    assert_eq!(chats(&gw, "sk-alice", "m", &big, 1).await, ["200"]);
+    gw.idle().await;
+    assert_eq!(
+        chats(&gw, "sk-alice", "m", &big, 2).await,
+        ["429 key_tokens"; 2]
+    );
+    let got = chats(&gw, "sk-bob", "m", "hi", 3).await;
+    assert_eq!(got, ["200", "200", "429 model_requests"]);
+}
+
 /// The `sluice` binary serving `config` with JSON logs at every level (`RUST_LOG=trace`); its
 /// log lines arrive on the returned channel.
 struct ServeProcess {
