@@ -5,10 +5,14 @@
 //! takes from all of them or from none: when a later scope refuses, what the earlier ones took is
 //! given back (a caller's refused requests would otherwise spend its own quota, and a model's or
 //! the gateway's, which other callers share). See [`requests`] for why giving a GCRA cell back is
-//! sound with requests racing. A refusal is a
-//! 429 (`rate_limit_exceeded`, [`Error::RateLimited`]) with `retry-after` and OpenAI's `x-ratelimit-*` headers; an
-//! admission carries the same headers (for the tightest limit of each kind) and settles the
-//! completion tokens when the response ends, however it ends. Limiters are kept by name and quota,
+//! sound with requests racing.
+//!
+//! A refusal of any kind (requests, tokens, concurrency) is a 429 (`rate_limit_exceeded`,
+//! [`Error::RateLimited`]) with `retry-after` and OpenAI's `x-ratelimit-*` headers for every kind
+//! of limit that applies: the refusing limit for its kind, the tightest as it stands for the
+//! other, so a client learns its whole budget from any 429. An admission carries the same headers
+//! (for the tightest limit of each kind) and settles the completion tokens when the response
+//! ends, however it ends. Limiters are kept by name and quota,
 //! so a config reload that leaves a limit unchanged keeps its state.
 
 pub mod clock;
@@ -44,7 +48,9 @@ pub struct Granted {
 /// What a refusing limiter reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Denied {
-    pub limit: u64,
+    /// The limiter as it is (nothing was taken), for headers.
+    pub state: Granted,
+    /// Until this limiter would admit the request.
     pub retry_after: Duration,
 }
 
@@ -192,6 +198,16 @@ struct Pending<'a> {
     prompt: u64,
 }
 
+/// The tightest token limit of `scoped` as it is, taking nothing: the token headers of a refusal
+/// for requests or concurrency.
+fn tokens_now(scoped: &[Option<&Scope>; 3]) -> Option<Granted> {
+    let mut tightest = None;
+    for l in scoped.iter().flatten().filter_map(|s| s.tokens.as_ref()) {
+        Tightest::keep(&mut tightest, l.peek());
+    }
+    tightest
+}
+
 // === impl Pending ===
 
 impl Pending<'_> {
@@ -312,11 +328,8 @@ impl RateLimits {
                 }
                 Err(d) => {
                     pending.give_back();
-                    tight.requests = Some(Granted {
-                        limit: d.limit,
-                        remaining: 0,
-                        reset: d.retry_after,
-                    });
+                    tight.requests = Some(d.state);
+                    tight.tokens = tokens_now(&scoped);
                     return Err(self.refuse(KINDS[i].0, key_label, d.retry_after, &tight));
                 }
             }
@@ -332,11 +345,7 @@ impl RateLimits {
                 }
                 Err(d) => {
                     tight.requests = pending.give_back();
-                    tight.tokens = Some(Granted {
-                        limit: d.limit,
-                        remaining: 0,
-                        reset: d.retry_after,
-                    });
+                    tight.tokens = Some(d.state);
                     return Err(self.refuse(KINDS[i].1, key_label, d.retry_after, &tight));
                 }
             }
@@ -347,7 +356,8 @@ impl RateLimits {
                 Ok(p) => Some(p),
                 Err(_) => {
                     tight.requests = pending.give_back();
-                    tight.tokens = None;
+                    tight.tokens = tokens_now(&scoped);
+                    // When a request in flight will end is unknown: one second is a hint.
                     return Err(self.refuse(
                         "key_concurrency",
                         key_label,
@@ -559,6 +569,112 @@ mod tests {
         assert!(
             left + 1 >= 100 - total && left <= 100 - total + refill(0.6),
             "{left} left after {total} admitted"
+        );
+    }
+
+    /// The headers of a refusal, as text.
+    fn refusal_headers(r: Result<Admission, Error>) -> Vec<(String, String)> {
+        let Err(Error::RateLimited { headers, .. }) = r else {
+            panic!("not a rate-limit refusal");
+        };
+        let mut h: Vec<_> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        h.sort();
+        h
+    }
+
+    fn expect(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut h: Vec<_> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        h.sort();
+        h
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_refusal_carries_the_token_headers() {
+        let l = limits(
+            "",
+            "",
+            "requests_per_minute = 1\ntokens_per_minute = 600",
+            "",
+        );
+        l.admit(Some("alice"), "m", 100).unwrap();
+        let h = refusal_headers(l.admit(Some("alice"), "m", 100));
+        assert_eq!(
+            h,
+            expect(&[
+                ("retry-after", "60"),
+                ("retry-after-ms", "60000"),
+                ("x-ratelimit-limit-requests", "1"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "1m0s"),
+                ("x-ratelimit-limit-tokens", "600"),
+                ("x-ratelimit-remaining-tokens", "500"),
+                ("x-ratelimit-reset-tokens", "10.000s"),
+            ])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_has_headers_only_for_the_kinds_limited() {
+        let l = limits("", "", "requests_per_minute = 1", "");
+        l.admit(Some("alice"), "m", 100).unwrap();
+        let h = refusal_headers(l.admit(Some("alice"), "m", 100));
+        assert!(h.iter().all(|(k, _)| !k.ends_with("-tokens")), "{h:?}");
+        assert_eq!(h.len(), 5, "{h:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_refusal_carries_the_request_headers_as_given_back() {
+        let l = limits(
+            "",
+            "",
+            "requests_per_minute = 3\ntokens_per_minute = 600",
+            "",
+        );
+        l.admit(Some("alice"), "m", 500).unwrap();
+        let h = refusal_headers(l.admit(Some("alice"), "m", 200));
+        assert_eq!(
+            h,
+            expect(&[
+                ("retry-after", "10"),
+                ("retry-after-ms", "10000"),
+                ("x-ratelimit-limit-requests", "3"),
+                ("x-ratelimit-remaining-requests", "2"),
+                ("x-ratelimit-reset-requests", "20.000s"),
+                ("x-ratelimit-limit-tokens", "600"),
+                ("x-ratelimit-remaining-tokens", "100"),
+                ("x-ratelimit-reset-tokens", "50.000s"),
+            ])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_concurrency_refusal_carries_both_kinds_as_given_back() {
+        let l = limits(
+            "",
+            "",
+            "requests_per_minute = 3\ntokens_per_minute = 600\nmax_concurrent = 1",
+            "",
+        );
+        let _held = l.admit(Some("alice"), "m", 100).unwrap();
+        let h = refusal_headers(l.admit(Some("alice"), "m", 50));
+        assert_eq!(
+            h,
+            expect(&[
+                ("retry-after", "1"),
+                ("retry-after-ms", "1000"),
+                ("x-ratelimit-limit-requests", "3"),
+                ("x-ratelimit-remaining-requests", "2"),
+                ("x-ratelimit-reset-requests", "20.000s"),
+                ("x-ratelimit-limit-tokens", "600"),
+                ("x-ratelimit-remaining-tokens", "500"),
+                ("x-ratelimit-reset-tokens", "10.000s"),
+            ])
         );
     }
 }

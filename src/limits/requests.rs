@@ -111,10 +111,18 @@ impl RequestLimiter {
                     at,
                 })
             }
-            Err(not_until) => Err(Denied {
-                limit,
-                retry_after: not_until.wait_time_from(self.clock.now()),
-            }),
+            Err(not_until) => {
+                let retry_after = not_until.wait_time_from(self.clock.now());
+                Err(Denied {
+                    state: Granted {
+                        limit,
+                        remaining: 0,
+                        // Full again once the next cell is free and the other `limit - 1` too.
+                        reset: retry_after + self.cells(limit - 1),
+                    },
+                    retry_after,
+                })
+            }
         }
     }
 
@@ -173,9 +181,10 @@ mod tests {
         assert_eq!((first.limit, first.remaining), (2, 1));
         l.take().unwrap();
         let denied = l.take().unwrap_err();
-        assert!(
-            denied.retry_after > Duration::ZERO && denied.retry_after <= Duration::from_secs(30)
-        );
+        assert_eq!(denied.retry_after, Duration::from_secs(30));
+        // Full again a minute after both were taken.
+        let full = (denied.state.remaining, denied.state.reset);
+        assert_eq!(full, (0, Duration::from_secs(60)));
         tokio::time::advance(denied.retry_after).await;
         assert!(l.take().is_ok());
     }
