@@ -1,7 +1,7 @@
 //! The `x-ratelimit-*` headers of a response, in OpenAI's names and formats.
 //!
-//! Every admitted request carries up to six of them (limit, remaining and reset, for requests and
-//! for tokens). Made one by one, each value is an allocation and each reset a formatted string;
+//! Every admitted request and every 429 carries up to six of them (limit, remaining and reset, for
+//! requests and for tokens). Made one by one, each value is an allocation and each reset a formatted string;
 //! here all of them are written into one buffer and every header value is a slice of it, so a
 //! response gets its rate-limit headers for one allocation.
 

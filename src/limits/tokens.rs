@@ -68,7 +68,11 @@ impl TokenLimiter {
     pub fn reserve(&self, tokens: u64) -> Result<Granted, Denied> {
         let Ok(mut b) = self.state.lock() else {
             return Err(Denied {
-                limit: self.per_minute,
+                state: Granted {
+                    limit: self.per_minute,
+                    remaining: 0,
+                    reset: Duration::from_secs(1),
+                },
                 retry_after: Duration::from_secs(1),
             });
         };
@@ -76,8 +80,9 @@ impl TokenLimiter {
         let needed = (tokens as f64).min(self.per_minute as f64);
         if b.balance + 1e-9 < needed {
             let wait = (needed - b.balance) / self.rate();
+            // What is left is reported as it is: more than 0 when the prompt needs more still.
             return Err(Denied {
-                limit: self.per_minute,
+                state: self.granted(&b),
                 retry_after: Duration::from_secs_f64(wait),
             });
         }
@@ -91,6 +96,16 @@ impl TokenLimiter {
         if let Ok(mut b) = self.state.lock() {
             self.refill(&mut b);
             b.balance = (b.balance - tokens as f64).min(self.per_minute as f64);
+        }
+    }
+
+    /// Gives back a prompt reserved by [`reserve`](Self::reserve) for a request that was not
+    /// admitted after all. Exact: the refill between the two is capped at the same full bucket
+    /// either way.
+    pub fn give_back(&self, tokens: u64) {
+        if let Ok(mut b) = self.state.lock() {
+            self.refill(&mut b);
+            b.balance = (b.balance + tokens as f64).min(self.per_minute as f64);
         }
     }
 
@@ -136,6 +151,8 @@ mod tests {
         l.charge(1000); // a long completion: balance 500 - 1000 = -500
         let denied = l.reserve(10).unwrap_err();
         assert_eq!(denied.retry_after.as_secs(), 51); // (10 + 500) / 10
+        let state = (denied.state.remaining, denied.state.reset.as_secs());
+        assert_eq!(state, (0, 110)); // (600 + 500) / 10
         tokio::time::advance(Duration::from_secs(52)).await;
         assert!(l.reserve(10).is_ok());
     }
@@ -146,5 +163,15 @@ mod tests {
         let g = l.reserve(300).unwrap();
         assert_eq!((g.limit, g.remaining), (600, 300));
         assert_eq!(g.reset.as_secs(), 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_reports_what_is_left() {
+        let l = TokenLimiter::new(600);
+        l.reserve(500).unwrap();
+        let denied = l.reserve(200).unwrap_err();
+        assert_eq!((denied.state.limit, denied.state.remaining), (600, 100));
+        assert_eq!(denied.state.reset, Duration::from_secs(50));
+        assert_eq!(denied.retry_after, Duration::from_secs(10));
     }
 }

@@ -174,6 +174,221 @@ async fn concurrency_cap_per_key() {
     assert_eq!(chat_as(&gw, Some("sk-alice"), "m").await.status, 200);
 }
 
+/// Models `m` and `other` with `m_limits` under `[models.m]`, and keys `alice` and `bob` (any
+/// model) with theirs.
+fn two_keys(m_limits: &str, alice: &str, bob: &str) -> String {
+    let base = scripted_config("").replace(
+        "[models.m]",
+        "[models.other]\nbackend = \"b\"\n\n[models.m]",
+    );
+    format!(
+        "{base}{m_limits}\n[keys.alice]\nsha256 = \"{}\"\n{alice}\n[keys.bob]\nsha256 = \"{}\"\n{bob}\n",
+        hash_hex("sk-alice"),
+        hash_hex("sk-bob")
+    )
+}
+
+/// A chat request by `key` for `model` whose one message is `content`; the prompt estimate is
+/// `ceil(len / 4) + 4` tokens.
+async fn chat_with(gw: &TestGateway, key: &str, model: &str, content: &str) -> Reply {
+    let auth = format!("Bearer {key}");
+    let mut body = chat_body(false);
+    body["model"] = model.into();
+    body["messages"][0]["content"] = content.into();
+    send(
+        "POST",
+        &gw.url("/v1/chat/completions"),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+/// The statuses of `replies`, and the limit kind named by each refusal.
+fn outcomes(replies: &[Reply]) -> Vec<String> {
+    replies
+        .iter()
+        .map(|r| match r.status {
+            200 => "200".to_string(),
+            429 => {
+                let m = r.json()["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let kind = m.split(['(', ')']).nth(1).unwrap_or("?").to_string();
+                format!("429 {kind}")
+            }
+            s => format!("{s} {}", r.text()),
+        })
+        .collect()
+}
+
+async fn chats(gw: &TestGateway, key: &str, model: &str, content: &str, n: usize) -> Vec<String> {
+    let mut replies = Vec::new();
+    for _ in 0..n {
+        replies.push(chat_with(gw, key, model, content).await);
+    }
+    outcomes(&replies)
+}
+
+// The request limits below refill one cell every 12 s or more; these tests take milliseconds, so
+// no cell comes back while they run.
+
+#[tokio::test]
+async fn a_model_refusal_leaves_the_key_its_quota() {
+    let gw = TestGateway::start(
+        &two_keys("requests_per_minute = 2", "requests_per_minute = 5", ""),
+        vec![ScriptedBackend::new("b", vec![])],
+    )
+    .await;
+    let got = chats(&gw, "sk-alice", "m", "hi", 5).await;
+    let refused = "429 model_requests";
+    assert_eq!(got, ["200", "200", refused, refused, refused]);
+    // The three the model refused took nothing from the key: three of its five are left.
+    let got = chats(&gw, "sk-alice", "other", "hi", 4).await;
+    assert_eq!(got, ["200", "200", "200", "429 key_requests"]);
+}
+
+#[tokio::test]
+async fn a_token_refusal_gives_back_the_request_cell() {
+    let gw = TestGateway::start(
+        &two_keys("", "requests_per_minute = 2\ntokens_per_minute = 100", ""),
+        vec![ScriptedBackend::new("b", vec![])],
+    )
+    .await;
+    // 400 bytes: an estimate of 104 tokens, admitted against the full bucket; the backend's usage
+    // (5 prompt, 3 completion) then corrects the account to 8 spent.
+    let big = "x".repeat(400);
+    assert_eq!(chats(&gw, "sk-alice", "m", &big, 1).await, ["200"]);
+    gw.idle().await;
+    assert_eq!(
+        chats(&gw, "sk-alice", "m", &big, 3).await,
+        ["429 key_tokens"; 3]
+    );
+    // The second request cell is still there for a prompt the bucket covers.
+    let got = chats(&gw, "sk-alice", "m", "hi", 2).await;
+    assert_eq!(got, ["200", "429 key_requests"]);
+}
+
+#[tokio::test]
+async fn one_callers_refusals_leave_the_model_quota_to_others() {
+    let gw = TestGateway::start(
+        &two_keys("requests_per_minute = 3", "tokens_per_minute = 100", ""),
+        vec![ScriptedBackend::new("b", vec![])],
+    )
+    .await;
+    let big = "x".repeat(400);
+    assert_eq!(chats(&gw, "sk-alice", "m", &big, 1).await, ["200"]);
+    gw.idle().await;
+    assert_eq!(
+        chats(&gw, "sk-alice", "m", &big, 2).await,
+        ["429 key_tokens"; 2]
+    );
+    let got = chats(&gw, "sk-bob", "m", "hi", 3).await;
+    assert_eq!(got, ["200", "200", "429 model_requests"]);
+}
+
+/// The value of header `name`, as text.
+fn header<'a>(r: &'a Reply, name: &str) -> &'a str {
+    r.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", r.headers))
+        .to_str()
+        .unwrap()
+}
+
+/// The value of header `name`, as a number.
+fn number(r: &Reply, name: &str) -> u64 {
+    header(r, name).parse().unwrap()
+}
+
+#[tokio::test]
+async fn every_kind_of_429_carries_the_headers_that_apply() {
+    // Refused for requests: the token limit's headers come too.
+    let gw = TestGateway::start(
+        &two_keys("", "requests_per_minute = 1\ntokens_per_minute = 1000", ""),
+        vec![ScriptedBackend::new("b", vec![])],
+    )
+    .await;
+    assert_eq!(chats(&gw, "sk-alice", "m", "hi", 1).await, ["200"]);
+    gw.idle().await;
+    let r = chat_with(&gw, "sk-alice", "m", "hi").await;
+    assert_eq!(outcomes(std::slice::from_ref(&r)), ["429 key_requests"]);
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), "1");
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "0");
+    assert!(header(&r, "x-ratelimit-reset-requests").ends_with('s'));
+    assert_eq!(header(&r, "x-ratelimit-limit-tokens"), "1000");
+    // The first request spent 8 tokens (5 prompt, 3 completion by the backend's usage).
+    let left = number(&r, "x-ratelimit-remaining-tokens");
+    assert!((992..=1000).contains(&left), "{left}");
+    assert!(header(&r, "x-ratelimit-reset-tokens").ends_with('s'));
+    assert!((1..=60).contains(&number(&r, "retry-after")));
+    assert!(number(&r, "retry-after-ms") > 0);
+
+    // Refused for tokens: the request headers show the cell given back.
+    let gw = TestGateway::start(
+        &two_keys("", "requests_per_minute = 10\ntokens_per_minute = 100", ""),
+        vec![ScriptedBackend::new("b", vec![])],
+    )
+    .await;
+    let big = "x".repeat(400);
+    assert_eq!(chats(&gw, "sk-alice", "m", &big, 1).await, ["200"]);
+    gw.idle().await;
+    let r = chat_with(&gw, "sk-alice", "m", &big).await;
+    assert_eq!(outcomes(std::slice::from_ref(&r)), ["429 key_tokens"]);
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), "10");
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "9");
+    assert_eq!(header(&r, "x-ratelimit-reset-requests"), "6.000s");
+    assert_eq!(header(&r, "x-ratelimit-limit-tokens"), "100");
+    // 92 left (and what refilled since): short of the 100 the prompt needs.
+    let left = number(&r, "x-ratelimit-remaining-tokens");
+    assert!((92..=99).contains(&left), "{left}");
+    assert!(header(&r, "x-ratelimit-reset-tokens").ends_with('s'));
+    assert!((1..=5).contains(&number(&r, "retry-after")));
+
+    // Refused for concurrency: both kinds, as the request that holds the slot left them.
+    let backend =
+        ScriptedBackend::new("b", vec![Script::Open(vec![role(), text("x"), Step::Hang])]);
+    let gw = TestGateway::start(
+        &two_keys(
+            "",
+            "requests_per_minute = 10\ntokens_per_minute = 1000\nmax_concurrent = 1",
+            "",
+        ),
+        vec![backend],
+    )
+    .await;
+    let mut body = chat_body(true);
+    body["model"] = "m".into();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-alice")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let open = client().request(req).await.unwrap();
+    let mut open_body = open.into_body();
+    read_until(&mut open_body, "\"x\"").await;
+    let r = chat_with(&gw, "sk-alice", "m", "hi").await;
+    assert_eq!(outcomes(std::slice::from_ref(&r)), ["429 key_concurrency"]);
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), "10");
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "9");
+    assert_eq!(header(&r, "x-ratelimit-limit-tokens"), "1000");
+    // The open request's prompt estimate ("Say hello": 7 tokens) is taken; this one's is not.
+    let left = number(&r, "x-ratelimit-remaining-tokens");
+    assert!((993..=1000).contains(&left), "{left}");
+    assert!(header(&r, "x-ratelimit-reset-tokens").ends_with('s'));
+    assert_eq!(header(&r, "retry-after"), "1");
+    assert_eq!(header(&r, "retry-after-ms"), "1000");
+    drop(open_body);
+}
+
 /// The `sluice` binary serving `config` with JSON logs at every level (`RUST_LOG=trace`); its
 /// log lines arrive on the returned channel.
 struct ServeProcess {
