@@ -36,7 +36,8 @@ pub enum CheckError {
     },
     #[error("`backends.{name}`: {message}")]
     Backend { name: String, message: String },
-    #[error("`guardrails.dir`: {dir}: {source}")]
+    /// The policy's own message names the file (the directory, when it cannot be read).
+    #[error("`guardrails.dir`: {source}")]
     Policy { dir: String, source: ReloadError },
 }
 
