@@ -119,7 +119,11 @@ impl AppState {
                 // compile of the policy, once, at start.
                 let handle = GuardrailsHandle::load(&g.dir, Some(gm), Some(log))
                     .map_err(|e| anyhow::anyhow!("guardrails: {e}"))?;
-                let reloads = Arc::new(PolicyReloads::new(handle.clone(), g.dir.clone()));
+                let reloads = Arc::new(PolicyReloads::new(
+                    handle.clone(),
+                    g.dir.clone(),
+                    audit.clone(),
+                ));
                 reloads.watch(g.watch_interval);
                 (Some(handle), Some(reloads))
             }

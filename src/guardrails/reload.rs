@@ -9,7 +9,9 @@
 //! so an editor's several writes make one reload.
 //!
 //! [`PolicyReloads`] is how the gateway reloads: from the directory the *running* config names, so
-//! a config reload that names another `[guardrails] dir` moves every later reload there.
+//! a config reload that names another `[guardrails] dir` moves every later reload there. Each of
+//! its reloads, applied or refused, leaves a `policy_reload` record in the audit log, shaped as a
+//! `config_reload` record is (`who`, `result`, `error`), with the versions served before and after.
 //! [`GuardrailsHandle::reload`] is the bare step underneath, from the directory the handle was
 //! loaded from.
 
@@ -17,10 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
+use serde_json::{Map, Value};
+
 use super::compile::Policy;
 use super::handle::GuardrailsHandle;
 use super::policy::PolicyError;
 use super::tools::{run_tests, TestFailure};
+use crate::audit::AuditLog;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +54,8 @@ pub struct PolicyReloads {
     dir: Mutex<PathBuf>,
     /// The directory watcher and its interval, while one runs.
     watcher: Mutex<Option<(Duration, tokio::task::JoinHandle<()>)>>,
+    /// Where each reload is recorded.
+    audit: Arc<AuditLog>,
 }
 
 /// At most this many failing cases are named in a message; the rest are counted.
@@ -172,12 +179,14 @@ impl GuardrailsHandle {
 // === impl PolicyReloads ===
 
 impl PolicyReloads {
-    /// Reloads for `handle`, from `dir` until a config reload names another directory.
-    pub fn new(handle: GuardrailsHandle, dir: PathBuf) -> Self {
+    /// Reloads for `handle`, from `dir` until a config reload names another directory, each
+    /// recorded in `audit`.
+    pub fn new(handle: GuardrailsHandle, dir: PathBuf, audit: Arc<AuditLog>) -> Self {
         PolicyReloads {
             handle,
             dir: Mutex::new(dir),
             watcher: Mutex::new(None),
+            audit,
         }
     }
 
@@ -191,19 +200,26 @@ impl PolicyReloads {
 
     /// Reads, compiles and tests the current directory, and swaps the policy in if all of that
     /// succeeds. Blocking: call it from `spawn_blocking`.
-    pub fn reload(&self, _who: &str) -> Result<Reloaded, ReloadError> {
+    pub fn reload(&self, who: &str) -> Result<Reloaded, ReloadError> {
         // The directory is read under the reload lock, so a reload never serves a directory that
-        // a concurrent `install` has just replaced.
-        self.handle
-            .one_reload(|| self.handle.try_reload(&self.dir()))
+        // a concurrent `install` has just replaced; records are written under it too, in the
+        // order the policies were served.
+        self.handle.one_reload(|| {
+            let dir = self.dir();
+            let result = self.handle.try_reload(&dir);
+            self.record(who, &dir, &result);
+            result
+        })
     }
 
     /// Serves `policy`, loaded from `dir` and already through its tests ([`load_checked`]), and
     /// makes `dir` the directory later reloads read. Blocking: waits for a reload in progress.
-    pub fn install(&self, _who: &str, dir: PathBuf, policy: Arc<Policy>) -> Reloaded {
+    pub fn install(&self, who: &str, dir: PathBuf, policy: Arc<Policy>) -> Reloaded {
         let installed = self.handle.one_reload(|| {
-            *self.dir.lock().unwrap_or_else(PoisonError::into_inner) = dir;
-            Ok(self.handle.swap(policy))
+            *self.dir.lock().unwrap_or_else(PoisonError::into_inner) = dir.clone();
+            let result = Ok(self.handle.swap(policy));
+            self.record(who, &dir, &result);
+            result
         });
         installed.unwrap_or_else(|_| Reloaded::Unchanged(self.handle.version().to_string()))
     }
@@ -226,6 +242,33 @@ impl PolicyReloads {
         // The task holds the reloads weakly, so dropping the gateway ends it.
         let task = runtime.spawn(watch_loop(Arc::downgrade(self), every));
         *watcher = Some((every, task));
+    }
+
+    /// Writes one `policy_reload` record. An error is given as its message, which names files,
+    /// keys and failing rules, never a test case's text.
+    fn record(&self, who: &str, dir: &Path, result: &Result<Reloaded, ReloadError>) {
+        let mut f = Map::new();
+        f.insert("who".into(), who.into());
+        match result {
+            Ok(Reloaded::Swapped { from, to }) => {
+                f.insert("result".into(), "ok".into());
+                f.insert("from".into(), from.clone().into());
+                f.insert("to".into(), to.clone().into());
+            }
+            Ok(Reloaded::Unchanged(_)) => {
+                f.insert("result".into(), "unchanged".into());
+            }
+            Err(e) => {
+                f.insert("result".into(), "error".into());
+                f.insert("error".into(), e.to_string().into());
+            }
+        }
+        f.insert(
+            "policy_version".into(),
+            Value::String(self.handle.version().to_string()),
+        );
+        f.insert("dir".into(), dir.display().to_string().into());
+        self.audit.record("policy_reload", f);
     }
 }
 
@@ -318,7 +361,7 @@ mod tests {
         let first = dir_with("first", &[("a.toml", rule("a", "alpha"))]);
         let second = dir_with("second", &[("b.toml", rule("b", "beta"))]);
         let handle = GuardrailsHandle::load(&first, None, None).unwrap();
-        let reloads = PolicyReloads::new(handle.clone(), first.clone());
+        let reloads = PolicyReloads::new(handle.clone(), first.clone(), Arc::default());
         let policy = load_checked(&second).unwrap();
         let to = policy.version().to_string();
         assert!(matches!(
@@ -346,7 +389,11 @@ mod tests {
         let first = dir_with("watch-first", &[("a.toml", rule("a", "alpha"))]);
         let second = dir_with("watch-second", &[("b.toml", rule("b", "beta"))]);
         let handle = GuardrailsHandle::load(&first, None, None).unwrap();
-        let reloads = Arc::new(PolicyReloads::new(handle.clone(), first.clone()));
+        let reloads = Arc::new(PolicyReloads::new(
+            handle.clone(),
+            first.clone(),
+            Arc::default(),
+        ));
         let every = Duration::from_millis(100);
         reloads.watch(Some(every));
         // Let the watcher take its first look, at the first directory.

@@ -203,6 +203,15 @@ async fn reload_naming_a_new_policy_dir_serves_its_policy() {
         second.display().to_string(),
         "{applied}"
     );
+    let policy = records
+        .iter()
+        .find(|r| r["event"] == "policy_reload")
+        .expect("a policy_reload record");
+    assert_eq!(policy["who"], "test");
+    assert_eq!(policy["result"], "ok", "{policy}");
+    assert_eq!(policy["from"], &*before, "{policy}");
+    assert_eq!(policy["to"], &*after, "{policy}");
+    assert_eq!(policy["dir"], second.display().to_string(), "{policy}");
 
     // Later policy reloads read the new directory.
     std::fs::write(second.join("bar.toml"), block_rule("no-bar", "bar")).unwrap();
@@ -229,5 +238,55 @@ async fn reload_dropping_guardrails_is_refused_and_the_policy_keeps_serving() {
     let e = gw.state.reload("test").await.unwrap_err();
     assert!(e.contains("`guardrails`") && e.contains("restart"), "{e}");
     assert_eq!(chat(&gw, &ask("say foo")).await.status, 400);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test]
+async fn policy_reloads_applied_and_refused_are_audited() {
+    let root = scratch("policy-audit");
+    let dir = policy_dir(&root.join("policy"), &[]);
+    let (gw, _) = start(&root, &dir).await;
+    let before = gw.state.guardrails.as_ref().unwrap().version().to_string();
+    let reloads = gw.state.policy_reloads.clone().unwrap();
+    let reload = |r: std::sync::Arc<sluice::guardrails::reload::PolicyReloads>| async move {
+        tokio::task::spawn_blocking(move || r.reload("test").map(|_| ()).map_err(|e| e.to_string()))
+            .await
+            .unwrap()
+    };
+
+    // A rule whose own test fails; the case's text is secret-shaped and must not be written.
+    let secret = "sk-live-0123456789abcdefSECRET";
+    std::fs::write(
+        dir.join("bad.toml"),
+        block_rule("bad", "hello").replace("text = \"hello\"", &format!("text = \"{secret}\"")),
+    )
+    .unwrap();
+    assert!(reload(reloads.clone()).await.is_err());
+    std::fs::remove_file(dir.join("bad.toml")).unwrap();
+    std::fs::write(dir.join("foo.toml"), block_rule("no-foo", "foo")).unwrap();
+    reload(reloads.clone()).await.unwrap();
+    let after = gw.state.guardrails.as_ref().unwrap().version().to_string();
+
+    let log = std::fs::read_to_string(root.join("audit.jsonl")).unwrap();
+    assert!(!log.contains(secret), "{log}");
+    let records: Vec<Value> = audit_records(&root)
+        .into_iter()
+        .filter(|r| r["event"] == "policy_reload")
+        .collect();
+    assert_eq!(records.len(), 2, "{log}");
+    let (refused, applied) = (&records[0], &records[1]);
+    assert_eq!(refused["who"], "test");
+    assert_eq!(refused["result"], "error", "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("`bad`"),
+        "{refused}"
+    );
+    assert_eq!(refused["policy_version"], before.as_str(), "{refused}");
+    assert_eq!(applied["who"], "test");
+    assert_eq!(applied["result"], "ok", "{applied}");
+    assert_eq!(applied["from"], before.as_str(), "{applied}");
+    assert_eq!(applied["to"], after.as_str(), "{applied}");
+    assert_eq!(applied["policy_version"], after.as_str(), "{applied}");
+    assert!(refused["time"].is_string() && applied["time"].is_string());
     let _ = std::fs::remove_dir_all(root);
 }
