@@ -2,12 +2,14 @@
 //! change, an automatic canary rollback, a reload — with when, who and what.
 //!
 //! Records carry names and masked excerpts only; never keys, hashes or raw content. Writes are
-//! appended and flushed line by line so a crash loses at most the line being written.
+//! appended and flushed line by line so a crash loses at most the line being written. A reload
+//! opens the file again ([`AuditLog::replace`]), so a changed `[audit] path` is followed, and so is
+//! a file that was rotated away.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
@@ -15,7 +17,7 @@ use serde_json::{Map, Value};
 /// An append-only JSONL audit trail. Without a path, records go to the log only.
 #[derive(Debug, Default)]
 pub struct AuditLog {
-    file: Option<Mutex<File>>,
+    file: Mutex<Option<File>>,
 }
 
 impl AuditLog {
@@ -27,12 +29,21 @@ impl AuditLog {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
-                Some(Mutex::new(
-                    OpenOptions::new().create(true).append(true).open(p)?,
-                ))
+                Some(OpenOptions::new().create(true).append(true).open(p)?)
             }
         };
-        Ok(AuditLog { file })
+        Ok(AuditLog {
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Writes where `next` writes from now on: the file a reload opened.
+    pub fn replace(&self, next: AuditLog) {
+        let file = next
+            .file
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        *self.file.lock().unwrap_or_else(PoisonError::into_inner) = file;
     }
 
     /// Appends `fields` with a `time` (RFC 3339) and an `event` name.
@@ -46,8 +57,8 @@ impl AuditLog {
         obj.extend(fields);
         let line = Value::Object(obj).to_string();
         tracing::info!(target: "sluice::audit", "{line}");
-        if let Some(f) = &self.file {
-            if let Ok(mut f) = f.lock() {
+        if let Ok(mut file) = self.file.lock() {
+            if let Some(f) = file.as_mut() {
                 if let Err(e) = writeln!(f, "{line}").and_then(|()| f.flush()) {
                     tracing::error!(error = %e, "writing the audit log failed");
                 }
@@ -78,6 +89,21 @@ mod tests {
         assert_eq!(lines[0]["event"], "weight_set");
         assert_eq!(lines[0]["who"], "ops");
         assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn replace_moves_later_records_to_the_new_file() {
+        let dir = std::env::temp_dir().join(format!("sluice-audit-replace-{}", std::process::id()));
+        let (first, second) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+        let log = AuditLog::open(Some(&first)).unwrap();
+        log.record("one", Map::new());
+        log.replace(AuditLog::open(Some(&second)).unwrap());
+        log.record("two", Map::new());
+        let a = std::fs::read_to_string(&first).unwrap();
+        let b = std::fs::read_to_string(&second).unwrap();
+        assert!(a.contains("\"one\"") && !a.contains("\"two\""), "{a}");
+        assert!(b.contains("\"two\"") && !b.contains("\"one\""), "{b}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -110,7 +110,8 @@ enum LogFormatArg {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Parse and validate a config file; exit non-zero with the reason when it is wrong.
+    /// Check a config file as `serve` checks it at start (the policy loads and its tests pass, the
+    /// audit log opens, the backends build); exit non-zero with the reason when it would not serve.
     Check {
         /// The config file.
         path: PathBuf,
@@ -126,21 +127,7 @@ fn main() -> ExitCode {
         log_format: None,
     }));
     match command {
-        Command::Config(ConfigCommand::Check { path }) => match Config::load(&path) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} backend(s), {} model(s))",
-                    path.display(),
-                    c.backends.len(),
-                    c.models.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Config(ConfigCommand::Check { path }) => check(&path),
         Command::Serve(args) => serve(args),
         Command::Models(ModelsCommand::Pull { config }) => pull(&config),
         Command::Guardrails(cmd) => guardrails(cmd),
@@ -152,6 +139,39 @@ fn main() -> ExitCode {
             }
             println!("{}", sluice::auth::hash_hex(key.trim()));
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `sluice config check`: what start-up checks, without binding a socket or loading a model.
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match sluice::config::check::prepare(&config) {
+        Ok(prepared) => {
+            for w in &prepared.warnings {
+                eprintln!("warning: {w}");
+            }
+            let policy = prepared
+                .policy
+                .map(|p| format!(", policy version {}", p.version()))
+                .unwrap_or_default();
+            println!(
+                "{}: ok ({} backend(s), {} model(s){policy})",
+                path.display(),
+                config.backends.len(),
+                config.models.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            ExitCode::from(2)
         }
     }
 }
@@ -333,11 +353,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let state = gateway.state();
     if let Some(g) = &state.guardrails {
         tracing::info!(policy_version = %g.version(), "guardrail policy loaded");
-        g.spawn_sighup();
-        if let Some(every) = config.guardrails.as_ref().and_then(|c| c.watch_interval) {
-            g.spawn_watcher(every);
-        }
     }
+    // One reload for SIGHUP: the config and, with it, the policy, so the policy served always
+    // comes from the directory the running config names.
     tokio::spawn(async move {
         #[cfg(unix)]
         {

@@ -5,8 +5,14 @@
 //! [`Live`] snapshot behind an atomic pointer: a request takes the snapshot once and sees one
 //! consistent config for its whole life, while a reload swaps in the next snapshot without
 //! blocking anyone. Limiter state lives outside the snapshot so a reload does not reset it.
+//!
+//! Start-up and a reload check a config with the same function ([`crate::config::check`]), so a
+//! reload never takes a file that a restart would refuse. What a reload cannot change in place it
+//! either refuses (adding or removing `[guardrails]`) or names as waiting for a restart (listeners,
+//! timeouts, existing backends' settings), in the log and in its audit record.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -16,7 +22,9 @@ use tokio::sync::{watch, Mutex};
 use crate::audit::AuditLog;
 use crate::auth::KeyRing;
 use crate::backends::Backends;
+use crate::config::check::{prepare, Prepared};
 use crate::config::{Config, ModelConfig, ServerConfig};
+use crate::guardrails::reload::PolicyReloads;
 use crate::guardrails::{DecisionLog, GuardrailMetrics, GuardrailsHandle};
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
@@ -45,8 +53,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub audit: Arc<AuditLog>,
     pub limits: RateLimits,
-    /// The guardrail policy, when configured. Reloaded on its own (file watch, SIGHUP).
+    /// The guardrail policy, when configured. Reloaded on its own (file watch) and with the config.
     pub guardrails: Option<GuardrailsHandle>,
+    /// How `guardrails` is reloaded: from the directory the running config names.
+    pub policy_reloads: Option<Arc<PolicyReloads>>,
     pub in_flight: InFlight,
     pub shutdown: ShutdownSignal,
     /// Fixed at start: sockets and timeouts do not change on reload.
@@ -55,6 +65,17 @@ pub struct AppState {
     pub metrics_on_api: bool,
     /// Serialises reloads.
     reloading: Mutex<()>,
+}
+
+/// What an applied reload changed beyond the snapshot, for its log line and audit record.
+#[derive(Default)]
+struct Applied {
+    /// The policy served after the reload.
+    policy_version: Option<String>,
+    /// `[guardrails] dir` before and after, when it changed.
+    guardrails_dir: Option<(PathBuf, PathBuf)>,
+    /// Keys whose new values wait for a restart.
+    restart_needed: Vec<String>,
 }
 
 fn routes(routers: BTreeMap<String, Arc<ModelRouter>>) -> BTreeMap<String, Route> {
@@ -70,31 +91,47 @@ fn routes(routers: BTreeMap<String, Arc<ModelRouter>>) -> BTreeMap<String, Route
 // === impl AppState ===
 
 impl AppState {
-    /// Builds the state from a checked config and its built backends.
+    /// Builds the state from a checked config and its built backends, refusing what
+    /// [`prepare`] refuses.
     pub fn new(
         config: &Config,
         backends: Backends,
         metrics: Arc<Metrics>,
         shutdown: ShutdownSignal,
     ) -> anyhow::Result<AppState> {
-        let audit = Arc::new(AuditLog::open(config.audit_path.as_deref())?);
+        let Prepared {
+            audit, warnings, ..
+        } = prepare(config).map_err(|e| anyhow::anyhow!("{}: {e}", config.source.display()))?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let audit = Arc::new(audit);
         let routers = ModelRouter::build_all(&config.models, &backends, &metrics, &audit)
             .map_err(|e| anyhow::anyhow!(e))?;
-        let guardrails = match &config.guardrails {
-            None => None,
+        let (guardrails, policy_reloads) = match &config.guardrails {
+            None => (None, None),
             Some(g) => {
                 let gm = GuardrailMetrics::register(metrics.registry())
                     .map_err(|e| anyhow::anyhow!("guardrail metrics: {e}"))?;
                 let log = DecisionLog::forward(audit.clone());
-                Some(
-                    GuardrailsHandle::load(&g.dir, Some(gm), Some(log))
-                        .map_err(|e| anyhow::anyhow!("guardrails: {e}"))?,
-                )
+                // The handle loads (and tests) the directory `prepare` has just passed: its
+                // constructor takes a directory, not a compiled policy. That costs one more
+                // compile of the policy, once, at start.
+                let handle = GuardrailsHandle::load(&g.dir, Some(gm), Some(log))
+                    .map_err(|e| anyhow::anyhow!("guardrails: {e}"))?;
+                let reloads = Arc::new(PolicyReloads::new(
+                    handle.clone(),
+                    g.dir.clone(),
+                    audit.clone(),
+                ));
+                reloads.watch(g.watch_interval);
+                (Some(handle), Some(reloads))
             }
         };
         let in_flight = InFlight::new(metrics.in_flight.clone());
         Ok(AppState {
             guardrails,
+            policy_reloads,
             live: ArcSwap::from_pointee(Live {
                 routes: routes(routers),
                 backends,
@@ -117,13 +154,14 @@ impl AppState {
         self.live.load_full()
     }
 
-    /// Reloads the config file the gateway started from: keys, limits, routes and registry data.
-    /// The new config is checked first; on any error the running one stays and the error is
-    /// returned. Backends already running are kept as they are; new ones are built.
+    /// Reloads the config file the gateway started from: keys, limits, routes, registry data, the
+    /// audit file and the guardrail policy (from a changed `[guardrails] dir` too). The new config
+    /// is checked first, as start-up checks it; on any error the running one stays and the error
+    /// is returned. Backends already running are kept as they are; new ones are built.
     pub async fn reload(&self, who: &str) -> Result<(), String> {
         let _one_at_a_time = self.reloading.lock().await;
         let current = self.live();
-        let result = self.try_reload(&current).await;
+        let result = self.try_reload(&current, who).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics
             .config_reloads
@@ -132,34 +170,77 @@ impl AppState {
         let mut f = serde_json::Map::new();
         f.insert("who".into(), who.into());
         f.insert("result".into(), outcome.into());
-        if let Err(e) = &result {
-            f.insert("error".into(), e.clone().into());
-            tracing::error!(error = %e, "config reload refused; the running config stays");
-        } else {
-            tracing::info!(config = %current.config.source.display(), "config reloaded");
+        match &result {
+            Err(e) => {
+                f.insert("error".into(), e.clone().into());
+                tracing::error!(error = %e, "config reload refused; the running config stays");
+            }
+            Ok(applied) => {
+                if let Some(v) = &applied.policy_version {
+                    f.insert("policy_version".into(), v.clone().into());
+                }
+                if let Some((from, to)) = &applied.guardrails_dir {
+                    tracing::info!(from = %from.display(), to = %to.display(), "guardrails.dir changed: the new directory's policy is served and later policy reloads read it");
+                    f.insert(
+                        "guardrails_dir".into(),
+                        serde_json::json!({
+                            "from": from.display().to_string(),
+                            "to": to.display().to_string(),
+                        }),
+                    );
+                }
+                if !applied.restart_needed.is_empty() {
+                    tracing::warn!(keys = ?applied.restart_needed, "changed settings take effect on restart");
+                    f.insert(
+                        "restart_needed".into(),
+                        applied.restart_needed.clone().into(),
+                    );
+                }
+                tracing::info!(config = %current.config.source.display(), "config reloaded");
+            }
         }
         self.audit.record("config_reload", f);
-        result
+        result.map(|_| ())
     }
 
-    async fn try_reload(&self, current: &Live) -> Result<(), String> {
-        let config = Config::load(&current.config.source).map_err(|e| e.to_string())?;
+    async fn try_reload(&self, current: &Live, who: &str) -> Result<Applied, String> {
+        let source = &current.config.source;
+        let config = Config::load(source).map_err(|e| e.to_string())?;
+        // The guardrails handle is made at start or not at all, and requests hold it: a policy
+        // cannot be added or taken away in place, and taking the file as if it had been would
+        // report a config that is not the one enforced.
+        match (&current.config.guardrails, &config.guardrails) {
+            (None, Some(_)) => {
+                return Err(format!(
+                    "{}: `guardrails`: a policy cannot be added to a running gateway; restart to serve it",
+                    source.display()
+                ))
+            }
+            (Some(_), None) => {
+                return Err(format!(
+                    "{}: `guardrails`: the policy cannot be removed from a running gateway; restart without it",
+                    source.display()
+                ))
+            }
+            _ => {}
+        }
+        let checking = config.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&checking))
+            .await
+            .map_err(|e| format!("the check task failed: {e}"))?
+            .map_err(|e| format!("{}: {e}", source.display()))?;
+        for w in &prepared.warnings {
+            tracing::warn!("{w}");
+        }
+        let mut applied = Applied {
+            restart_needed: restart_needed(&current.config, &config),
+            ..Applied::default()
+        };
         let mut backends = current.backends.clone();
         let mut fresh = config.clone();
         fresh
             .backends
             .retain(|name, _| !current.backends.contains_key(name));
-        for name in config
-            .backends
-            .keys()
-            .filter(|n| current.backends.contains_key(*n))
-        {
-            let before = current.config.backends.get(name).map(|b| format!("{b:?}"));
-            let after = config.backends.get(name).map(|b| format!("{b:?}"));
-            if before != after {
-                tracing::warn!(backend = %name, "backend settings changed; they take effect on restart");
-            }
-        }
         let built = crate::backends::build(&fresh, &self.metrics)
             .await
             .map_err(|e| format!("building new backends: {e:#}"))?;
@@ -173,6 +254,30 @@ impl AppState {
                 router.carry_over(&old.router);
             }
         }
+        // Everything is checked; from here on the reload is applied.
+        self.audit.replace(prepared.audit);
+        if let (Some(reloads), Some(g), Some(policy)) =
+            (&self.policy_reloads, &config.guardrails, prepared.policy)
+        {
+            let before = reloads.dir();
+            let (r, dir, who) = (reloads.clone(), g.dir.clone(), who.to_owned());
+            let moved = before != g.dir;
+            // A moved directory serves the policy just checked; the same directory is read
+            // again, so an edit made since the check (and taken by the watcher) is not undone.
+            let _ = tokio::task::spawn_blocking(move || {
+                if moved {
+                    Ok(r.install(&who, dir, policy))
+                } else {
+                    r.reload(&who)
+                }
+            })
+            .await;
+            if moved {
+                applied.guardrails_dir = Some((before, g.dir.clone()));
+            }
+            reloads.watch(g.watch_interval);
+        }
+        applied.policy_version = self.guardrails.as_ref().map(|g| g.version().to_string());
         self.limits.reload(&config);
         self.live.store(Arc::new(Live {
             routes: routes(routers),
@@ -180,8 +285,29 @@ impl AppState {
             keys: KeyRing::new(&config),
             config,
         }));
-        Ok(())
+        Ok(applied)
     }
+}
+
+/// The keys whose changed values a reload does not apply: they wait for a restart.
+fn restart_needed(before: &Config, after: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    if format!("{:?}", before.server) != format!("{:?}", after.server) {
+        keys.push("server".to_owned());
+    }
+    if before.admin_listen != after.admin_listen {
+        keys.push("admin.listen".to_owned());
+    }
+    if format!("{:?}", before.logging) != format!("{:?}", after.logging) {
+        keys.push("logging".to_owned());
+    }
+    for (name, b) in &after.backends {
+        let was = before.backends.get(name).map(|b| format!("{b:?}"));
+        if was.is_some_and(|was| was != format!("{b:?}")) {
+            keys.push(format!("backends.{name}"));
+        }
+    }
+    keys
 }
 
 /// Counts requests being served, in the gauge and in a watch channel that tests (and shutdown)

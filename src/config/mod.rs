@@ -6,6 +6,7 @@
 //! model names a backend that exists. Durations are written with units (`"30s"`, `"250ms"`), sizes
 //! in bytes with the unit in the key's name, so no value is ever read in the wrong unit.
 
+pub mod check;
 pub mod env;
 pub mod raw;
 

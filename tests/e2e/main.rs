@@ -17,6 +17,7 @@ mod guardrails_policy;
 mod guardrails_stream;
 mod keys_limits;
 mod local_model;
+mod reload;
 mod remote_backend;
 mod routing;
 mod upstream_faults;

@@ -1,0 +1,152 @@
+//! What serving needs beyond a valid file, checked in one place.
+//!
+//! A file can parse and validate and still not serve: its `[guardrails] dir` is missing or one of
+//! its rules fails its tests, its audit log cannot be opened, a backend cannot be built from its
+//! settings. Start-up refuses such a config, so `sluice config check` and a reload must refuse it
+//! too, or they pass a file that the next restart will not start from. [`prepare`] is the one
+//! function all three call, and it hands back what it opened and compiled, so a reload puts to use
+//! the very audit file and policy that were checked.
+
+use std::sync::Arc;
+
+use super::{BackendConfig, Config};
+use crate::audit::AuditLog;
+use crate::backends::openai::OpenAiBackend;
+use crate::guardrails::reload::{load_checked, ReloadError};
+use crate::guardrails::Policy;
+
+/// A config that will serve, with what serving it needs.
+pub struct Prepared {
+    /// The audit trail, opened (created, with its directories) as serving opens it.
+    pub audit: AuditLog,
+    /// The policy in `[guardrails] dir`, compiled, every rule's tests passed.
+    pub policy: Option<Arc<Policy>>,
+    /// What will not stop the gateway but will not serve as written: a local model file that is
+    /// not there, so its backend answers 503.
+    pub warnings: Vec<String>,
+}
+
+/// Why a config will not serve. The message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("`audit.path`: {path}: {source}")]
+    Audit {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("`backends.{name}`: {message}")]
+    Backend { name: String, message: String },
+    /// The policy's own message names the file (the directory, when it cannot be read).
+    #[error("`guardrails.dir`: {source}")]
+    Policy { dir: String, source: ReloadError },
+}
+
+/// Checks everything start-up checks before it binds a socket, opening and compiling what it
+/// checks. Blocking (file reads, regex compilation).
+pub fn prepare(config: &Config) -> Result<Prepared, CheckError> {
+    let audit =
+        AuditLog::open(config.audit_path.as_deref()).map_err(|source| CheckError::Audit {
+            path: config
+                .audit_path
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            source,
+        })?;
+    let mut warnings = Vec::new();
+    for (name, backend) in &config.backends {
+        match backend {
+            // The same constructor start-up builds the backend with; it opens no connection.
+            BackendConfig::OpenAi(o) => {
+                OpenAiBackend::new(name, o.clone()).map_err(|e| CheckError::Backend {
+                    name: name.clone(),
+                    message: format!("{e:#}"),
+                })?;
+            }
+            // A local model that does not load leaves its backend answering 503, not the gateway
+            // down, so a missing file is worth a warning, not a refusal.
+            BackendConfig::Candle(c) => {
+                let model = c.model_path();
+                let fetched_at_start = c.source.is_some() && c.auto_pull;
+                if !fetched_at_start && !model.is_file() {
+                    warnings.push(format!(
+                        "`backends.{name}.model`: {} does not exist; the backend answers 503 until it does",
+                        model.display()
+                    ));
+                }
+                if let Some(t) = c.tokenizer_path().filter(|t| !t.is_file()) {
+                    warnings.push(format!(
+                        "`backends.{name}.tokenizer`: {} does not exist; the backend answers 503 until it does",
+                        t.display()
+                    ));
+                }
+            }
+        }
+    }
+    let policy = match &config.guardrails {
+        None => None,
+        Some(g) => Some(load_checked(&g.dir).map_err(|source| CheckError::Policy {
+            dir: g.dir.display().to_string(),
+            source,
+        })?),
+    };
+    Ok(Prepared {
+        audit,
+        policy,
+        warnings,
+    })
+}
+
+// === impl Prepared ===
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("audit", &self.audit)
+            .field("policy", &self.policy.as_ref().map(|p| p.version()))
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "[backends.b]\ntype = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n[models.m]\nbackend = \"b\"\n{extra}"
+        );
+        Config::from_toml(
+            &text,
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("c.toml")
+                .as_path(),
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_shipped_policy_prepares_and_a_missing_dir_is_named() {
+        let p = prepare(&config("[guardrails]\ndir = \"guardrails\"\n")).unwrap();
+        assert!(p.policy.is_some());
+        let e = prepare(&config("[guardrails]\ndir = \"no-such-policy\"\n")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("`guardrails.dir`: "), "{msg}");
+        assert!(msg.contains("no-such-policy"), "{msg}");
+    }
+
+    #[test]
+    fn a_header_breaking_api_key_is_refused_like_start_up_refuses_it() {
+        let mut c = config("");
+        let Some(BackendConfig::OpenAi(o)) = c.backends.get_mut("b") else {
+            panic!("openai expected")
+        };
+        o.api_key = Some("sk-a\nb".into());
+        let msg = prepare(&c).unwrap_err().to_string();
+        assert!(msg.starts_with("`backends.b`: "), "{msg}");
+        assert!(!msg.contains("sk-a"), "{msg}");
+    }
+}
