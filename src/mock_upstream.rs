@@ -52,6 +52,13 @@ pub const TOKENS_HEADER: &str = "x-mock-tokens";
 /// The model-name prefix that selects a fault for one request: `fault:status:503`.
 pub const FAULT_MODEL_PREFIX: &str = "fault:";
 
+/// The secret planted in an `error-key` message, as an upstream that leaks its internals would.
+pub const PLANTED_SECRET: &str = "AKIAIOSFODNN7EXAMPLE";
+/// The internal address an `error-html` page names.
+pub const INTERNAL_ADDRESS: &str = "10.20.30.40:8443";
+/// The size of an `error-huge` body.
+pub const HUGE_ERROR_BYTES: usize = 20 * 1024 * 1024;
+
 /// The largest request body the mock reads.
 const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
 
@@ -89,6 +96,9 @@ pub struct MockConfig {
 /// | `malformed:<n>` | streams `<n>` tokens, then an event whose data is not JSON, then ends |
 /// | `no-done` | streams the whole answer (and usage) and ends cleanly without `data: [DONE]` |
 /// | `json` | answers a non-streaming `chat.completion` even when `stream: true` was asked |
+/// | `error-key:<code>` | answers `<code>` with an OpenAI error whose message quotes the request's bearer token and [`PLANTED_SECRET`] |
+/// | `error-html:<code>` | answers `<code>` with an HTML page (`text/html`) naming [`INTERNAL_ADDRESS`] |
+/// | `error-huge:<code>` | answers `<code>` with a [`HUGE_ERROR_BYTES`] `application/json` body: an error whose message goes on and on |
 ///
 /// `<n>` counts token chunks; the role chunk that precedes the first token is not counted. An
 /// `<n>` at or beyond the answer's length applies the fault after the last token, before the
@@ -103,6 +113,9 @@ pub enum Fault {
     Malformed { after: usize },
     NoDone,
     Json,
+    ErrorWithKey(u16),
+    ErrorHtml(u16),
+    ErrorHuge(u16),
 }
 
 /// One request as the mock received it.
@@ -208,6 +221,15 @@ impl FromStr for Fault {
                 .ok_or_else(|| format!("fault `{s}`: `{kind}` needs {what}, as in `{kind}:2`"))
         };
         let count = |what: &str| number(what).map(|n| n as usize);
+        // The status of the error-body faults (`error-key:401`).
+        let status = || -> Result<u16, String> {
+            let code = number("a status code")?;
+            u16::try_from(code)
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .map(|c| c.as_u16())
+                .ok_or_else(|| format!("fault `{s}`: {code} is not an HTTP status"))
+        };
         match kind.trim() {
             "status" => {
                 let code = number("a status code")?;
@@ -231,9 +253,13 @@ impl FromStr for Fault {
             }),
             "no-done" => Ok(Fault::NoDone),
             "json" => Ok(Fault::Json),
+            "error-key" => status().map(Fault::ErrorWithKey),
+            "error-html" => status().map(Fault::ErrorHtml),
+            "error-huge" => status().map(Fault::ErrorHuge),
             _ => Err(format!(
                 "fault `{s}`: expected one of status:<code>, slow:<ms>, stall:<n>, reset:<n>, \
-                 malformed:<n>, no-done, json"
+                 malformed:<n>, no-done, json, error-key:<code>, error-html:<code>, \
+                 error-huge:<code>"
             )),
         }
     }
@@ -249,6 +275,9 @@ impl fmt::Display for Fault {
             Fault::Malformed { after } => write!(f, "malformed:{after}"),
             Fault::NoDone => f.write_str("no-done"),
             Fault::Json => f.write_str("json"),
+            Fault::ErrorWithKey(code) => write!(f, "error-key:{code}"),
+            Fault::ErrorHtml(code) => write!(f, "error-html:{code}"),
+            Fault::ErrorHuge(code) => write!(f, "error-huge:{code}"),
         }
     }
 }
@@ -473,6 +502,38 @@ async fn chat(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBody>
             };
             return error_response(status, kind, &format!("mock fault: status {code}"));
         }
+        Some(Fault::ErrorWithKey(code)) => {
+            let key = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("(none)");
+            let message = format!(
+                "Incorrect API key provided: {key}. Internal trace: aws key {PLANTED_SECRET} \
+                 on billing-db."
+            );
+            return json_response(
+                status_or_500(code),
+                &json!({"error": {"message": message, "type": "invalid_request_error",
+                    "param": "messages", "code": "invalid_api_key"}}),
+            );
+        }
+        Some(Fault::ErrorHtml(code)) => {
+            let page = format!(
+                "<html><head><title>{code}</title></head><body><h1>Bad Gateway</h1>\
+                 <p>upstream {INTERNAL_ADDRESS} (inference-7.prod.internal) refused</p>\
+                 </body></html>"
+            );
+            let mut resp = Response::new(full(Bytes::from(page)));
+            *resp.status_mut() = status_or_500(code);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            return resp;
+        }
+        Some(Fault::ErrorHuge(code)) => return huge_error(status_or_500(code), guard),
         Some(Fault::SlowFirstByte(delay)) => pause(delay).await,
         _ => {}
     }
@@ -768,6 +829,27 @@ fn json_response(status: StatusCode, value: &Value) -> Response<MockBody> {
     json_headers(status, full(Bytes::from(value.to_string())))
 }
 
+fn status_or_500(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A [`HUGE_ERROR_BYTES`] error body, streamed in pieces so the mock never holds it whole: the
+/// start of an OpenAI error whose message fills the rest.
+fn huge_error(status: StatusCode, guard: InFlight) -> Response<MockBody> {
+    const PIECE: usize = 64 * 1024;
+    let head = Bytes::from_static(br#"{"error":{"type":"invalid_request_error","message":""#);
+    let filler = Bytes::from(vec![b'x'; PIECE]);
+    let pieces = (HUGE_ERROR_BYTES - head.len()).div_ceil(PIECE);
+    let frames = async_stream::stream! {
+        let _guard = guard;
+        yield Ok::<_, io::Error>(Frame::data(head));
+        for _ in 0..pieces {
+            yield Ok(Frame::data(filler.clone()));
+        }
+    };
+    json_headers(status, StreamBody::new(frames).boxed_unsync())
+}
+
 fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<MockBody> {
     json_response(
         status,
@@ -789,6 +871,9 @@ mod tests {
             "malformed:1",
             "no-done",
             "json",
+            "error-key:401",
+            "error-html:400",
+            "error-huge:422",
         ] {
             let fault: Fault = spec.parse().unwrap();
             assert_eq!(fault.to_string(), spec);

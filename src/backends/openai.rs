@@ -17,8 +17,14 @@
 //! upstream request at once: hyper closes an HTTP/1 connection whose body was not read to the end,
 //! and resets an HTTP/2 stream.
 //!
-//! The API key lives only in a header value marked sensitive; neither `Debug`, logs nor errors
-//! ever show it.
+//! The API key lives in a header value marked sensitive, and in a copy kept to take it out of an
+//! upstream's error message (an upstream that refuses a key often quotes it); neither `Debug`,
+//! logs nor errors ever show it.
+//!
+//! An error status's body is read up to [`MAX_ERROR_BODY`] and kept only as the `error` object it
+//! parses to ([`UpstreamError`]), never as bytes: a body over that size, cut short, or not in
+//! OpenAI's shape is dropped, and the client gets the gateway's own error for the status (see
+//! [`crate::error`]).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -50,12 +56,13 @@ use super::wire_delta::WireDelta;
 use super::{Backend, BackendRequest, ChatFuture, EventStream, Readiness};
 use crate::api::types::{BackendEvent, ChoiceDelta, StreamOptions};
 use crate::config::OpenAiConfig;
-use crate::error::{Error, Result, TimeoutPhase};
+use crate::error::{Error, Result, TimeoutPhase, UpstreamError};
 use crate::idle_timer::IdleTimer;
 
 /// Upstream correlation, built at compile time rather than parsed per request.
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-/// The most of an upstream error body kept for the client; the rest is dropped.
+/// The most of an upstream error body read; a longer one is not parsed (its end is not seen), and
+/// the rest of it is never read.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The largest non-streaming completion accepted from an upstream that ignored `stream: true`.
 const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
@@ -77,6 +84,8 @@ pub struct OpenAiBackend {
     chat_uri: Uri,
     /// `Bearer <key>`, marked sensitive so it is never printed nor HPACK-indexed.
     auth: Option<HeaderValue>,
+    /// The key itself, taken out of upstream error messages.
+    key: Option<Arc<str>>,
     /// Host and port probed by [`Backend::readiness`].
     probe: (String, u16),
     max_event_bytes: usize,
@@ -195,6 +204,7 @@ impl OpenAiBackend {
 
         Ok(OpenAiBackend {
             name: Arc::from(name),
+            key: config.api_key.as_deref().map(Arc::from),
             config,
             transport,
             chat_uri,
@@ -272,6 +282,7 @@ impl Backend for OpenAiBackend {
             config.total_timeout,
         );
         let max_event_bytes = self.max_event_bytes;
+        let key = self.key.clone();
         Box::pin(async move {
             let request = request?;
             let started = Instant::now();
@@ -293,8 +304,8 @@ impl Backend for OpenAiBackend {
                 return Err(status_error(
                     &backend,
                     parts.status,
-                    content_type,
                     body,
+                    key.as_deref(),
                     idle,
                     total_deadline,
                 )
@@ -740,42 +751,43 @@ fn body_error(backend: &str, e: &UpstreamBodyError) -> Error {
     }
 }
 
-/// An `UpstreamStatus` with the start of the upstream's body, read within the idle and total
-/// deadlines. A body that cannot be read is replaced by what was read of it: the status is what
-/// matters.
+/// An `UpstreamStatus` with the upstream's error object, when its body (read within the idle and
+/// total deadlines) was whole, at most [`MAX_ERROR_BODY`] and OpenAI-shaped; `key` is taken out of
+/// it. A body that cannot be read whole is no error object: the status is what matters.
 async fn status_error(
     backend: &str,
     status: StatusCode,
-    content_type: Option<HeaderValue>,
     body: UpstreamBody,
+    key: Option<&str>,
     idle: Duration,
     total_deadline: Instant,
 ) -> Error {
-    let mut kept = BytesMut::new();
-    let mut body = body;
-    let read = async {
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(data) = frame.data_ref() {
-                let room = MAX_ERROR_BODY - kept.len();
-                kept.extend_from_slice(&data[..data.len().min(room)]);
-                if kept.len() >= MAX_ERROR_BODY {
-                    break;
-                }
-            }
-        }
-    };
     let deadline = (Instant::now() + idle).min(total_deadline);
-    let _ = tokio::time::timeout_at(deadline, read).await;
+    let whole = match read_body(body, MAX_ERROR_BODY, idle, deadline).await {
+        Ok(bytes) => Some(bytes),
+        Err(ReadError::TooLarge) => {
+            tracing::debug!(
+                backend,
+                "upstream error body over the size kept; not parsed"
+            );
+            None
+        }
+        Err(ReadError::Timeout(_) | ReadError::Read(_)) => None,
+    };
+    let upstream = whole
+        .as_deref()
+        .and_then(UpstreamError::parse)
+        .map(|u| Box::new(u.without(key.unwrap_or_default())));
     tracing::debug!(
         backend,
         status = status.as_u16(),
+        openai_shaped = upstream.is_some(),
         "upstream answered with an error status"
     );
     Error::UpstreamStatus {
         backend: backend.to_owned(),
         status,
-        body: kept.freeze(),
-        content_type,
+        upstream,
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use serde_json::json;
-use sluice::mock_upstream::{MockConfig, MockUpstream};
+use sluice::mock_upstream::{MockConfig, MockUpstream, INTERNAL_ADDRESS, PLANTED_SECRET};
 
 const ANSWER: &str = "The quick brown fox jumps over the lazy dog, twice: é ü 漢字 🦀.";
 
@@ -299,4 +299,202 @@ async fn chunk_extensions_trailers_and_split_chunks_reach_the_client_intact() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["choices"][0]["message"]["content"], "Hello");
     gw.idle().await;
+}
+
+// === upstream error bodies ===
+
+/// The key the gateway holds for its upstream; the mock's `error-key` fault quotes it back.
+const UPSTREAM_KEY: &str = "sk-upstream-0123456789abcdefABCDEF";
+
+/// A gateway whose backend holds [`UPSTREAM_KEY`], over HTTP/1.1 (the driven pool) or h2c
+/// (hyper's client), with the shipped guardrails policy when `policy` is set.
+async fn error_gateway(http2_only: bool, policy: bool) -> (MockUpstream, TestGateway) {
+    let mock = MockUpstream::start(MockConfig::with_text(ANSWER))
+        .await
+        .unwrap();
+    let guardrails = if policy {
+        format!(
+            "[guardrails]\ndir = \"{}/guardrails\"\n",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    } else {
+        String::new()
+    };
+    let mut models = String::new();
+    for (name, fault) in [
+        ("key400", "error-key:400"),
+        ("key401", "error-key:401"),
+        ("key403", "error-key:403"),
+        ("key500", "error-key:500"),
+        ("html", "error-html:400"),
+        ("huge", "error-huge:400"),
+    ] {
+        models += &format!(
+            "[models.{name}]\nbackend = \"keyed\"\nupstream_model = \"fault:{fault}\"\nretry = {{ attempts = 1 }}\n"
+        );
+    }
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+{guardrails}
+[backends.keyed]
+type = "openai"
+base_url = "{}"
+api_key = "{UPSTREAM_KEY}"
+http2_only = {http2_only}
+
+{models}"#,
+        mock.base_url()
+    );
+    let gw = TestGateway::start(&config, vec![]).await;
+    (mock, gw)
+}
+
+/// Whatever the case, an error body is small, valid JSON, in OpenAI's shape, and free of the
+/// upstream's key and of what the upstream leaked.
+fn assert_clean_error(r: &Reply, what: &str) -> serde_json::Value {
+    assert_eq!(
+        r.headers["content-type"],
+        "application/json",
+        "{what}: {}",
+        r.text()
+    );
+    assert!(r.body.len() < 4096, "{what}: {} bytes", r.body.len());
+    let text = r.text();
+    for leak in [
+        UPSTREAM_KEY,
+        INTERNAL_ADDRESS,
+        "<html",
+        "prod.internal",
+        "xxxxxxxx",
+    ] {
+        assert!(!text.contains(leak), "{what}: {leak:?} in {text}");
+    }
+    let v = r.json();
+    assert!(v["error"]["message"].is_string(), "{what}: {text}");
+    assert!(v["error"]["type"].is_string(), "{what}: {text}");
+    v
+}
+
+async fn a_4xx_json_error_keeps_its_fields_without_the_upstream_key(http2_only: bool) {
+    let (_mock, gw) = error_gateway(http2_only, false).await;
+    for stream in [true, false] {
+        let r = chat(&gw, &body("key400", stream)).await;
+        let what = format!("h2={http2_only} stream={stream}");
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        let v = assert_clean_error(&r, &what);
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{what}");
+        assert_eq!(v["error"]["code"], "invalid_api_key", "{what}");
+        assert_eq!(v["error"]["param"], "messages", "{what}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("Incorrect API key provided: [REDACTED]."),
+            "{what}: {message}"
+        );
+        // Without a policy, only the upstream's own key is taken out.
+        assert!(message.contains(PLANTED_SECRET), "{what}: {message}");
+    }
+    gw.idle().await;
+}
+
+#[tokio::test]
+async fn a_4xx_json_error_keeps_its_fields_without_the_upstream_key_http1() {
+    a_4xx_json_error_keeps_its_fields_without_the_upstream_key(false).await;
+}
+
+#[tokio::test]
+async fn a_4xx_json_error_keeps_its_fields_without_the_upstream_key_h2c() {
+    a_4xx_json_error_keeps_its_fields_without_the_upstream_key(true).await;
+}
+
+#[tokio::test]
+async fn the_output_policy_redacts_secrets_in_an_upstream_error_message() {
+    for http2_only in [false, true] {
+        let (_mock, gw) = error_gateway(http2_only, true).await;
+        for stream in [true, false] {
+            let r = chat(&gw, &body("key400", stream)).await;
+            let what = format!("h2={http2_only} stream={stream}");
+            assert_eq!(r.status, 400, "{what}: {}", r.text());
+            assert!(r.headers.contains_key("x-sluice-policy-version"));
+            let v = assert_clean_error(&r, &what);
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(!message.contains(PLANTED_SECRET), "{what}: {message}");
+            assert!(message.contains("[SECRET]"), "{what}: {message}");
+            assert_eq!(v["error"]["code"], "invalid_api_key", "{what}");
+        }
+        gw.idle().await;
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_that_refuses_the_gateways_credentials_is_a_502() {
+    for http2_only in [false, true] {
+        let (_mock, gw) = error_gateway(http2_only, false).await;
+        for model in ["key401", "key403"] {
+            for stream in [true, false] {
+                let r = chat(&gw, &body(model, stream)).await;
+                let what = format!("{model} h2={http2_only} stream={stream}");
+                assert_eq!(r.status, 502, "{what}: {}", r.text());
+                assert!(
+                    !r.headers.contains_key("www-authenticate"),
+                    "{what}: the client's own credentials were fine"
+                );
+                let v = assert_clean_error(&r, &what);
+                assert_eq!(v["error"]["code"], "upstream_auth_failed", "{what}");
+                assert_eq!(v["error"]["type"], "upstream_error", "{what}");
+                assert!(!r.text().contains(PLANTED_SECRET), "{what}");
+            }
+        }
+        gw.idle().await;
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_5xx_error_message_is_not_shown() {
+    let (_mock, gw) = error_gateway(false, false).await;
+    for stream in [true, false] {
+        let r = chat(&gw, &body("key500", stream)).await;
+        assert_eq!(r.status, 502, "{}", r.text());
+        let v = assert_clean_error(&r, "key500");
+        assert_eq!(v["error"]["code"], "upstream_error");
+        assert!(!r.text().contains(PLANTED_SECRET));
+    }
+    gw.idle().await;
+}
+
+#[tokio::test]
+async fn an_html_error_page_becomes_sluices_own_error_for_its_status() {
+    for http2_only in [false, true] {
+        let (_mock, gw) = error_gateway(http2_only, false).await;
+        for stream in [true, false] {
+            let r = chat(&gw, &body("html", stream)).await;
+            let what = format!("h2={http2_only} stream={stream}");
+            assert_eq!(r.status, 400, "{what}: {}", r.text());
+            let v = assert_clean_error(&r, &what);
+            assert_eq!(v["error"]["code"], "upstream_error", "{what}");
+            assert_eq!(v["error"]["type"], "upstream_error", "{what}");
+        }
+        gw.idle().await;
+    }
+}
+
+#[tokio::test]
+async fn a_huge_error_body_is_not_read_whole_nor_sent_cut_as_json() {
+    for http2_only in [false, true] {
+        let (mock, gw) = error_gateway(http2_only, false).await;
+        for stream in [true, false] {
+            let r = chat(&gw, &body("huge", stream)).await;
+            let what = format!("h2={http2_only} stream={stream}");
+            assert_eq!(r.status, 400, "{what}: {} bytes", r.body.len());
+            let v = assert_clean_error(&r, &what);
+            assert_eq!(v["error"]["code"], "upstream_error", "{what}");
+        }
+        gw.idle().await;
+        // The rest of the 20 MiB was never asked for: the upstream response was dropped.
+        tokio::time::timeout(Duration::from_secs(10), mock.wait_in_flight(0))
+            .await
+            .expect("the huge error body was not dropped");
+    }
 }
