@@ -99,11 +99,12 @@ pub struct MockConfig {
 /// | `error-key:<code>` | answers `<code>` with an OpenAI error whose message quotes the request's bearer token and [`PLANTED_SECRET`] |
 /// | `error-html:<code>` | answers `<code>` with an HTML page (`text/html`) naming [`INTERNAL_ADDRESS`] |
 /// | `error-huge:<code>` | answers `<code>` with a [`HUGE_ERROR_BYTES`] `application/json` body: an error whose message goes on and on |
+/// | `cut:<n>` | streams `<n>` tokens, then ends the body cleanly: no finishing chunk, no usage, no `[DONE]` |
 ///
 /// `<n>` counts token chunks; the role chunk that precedes the first token is not counted. An
 /// `<n>` at or beyond the answer's length applies the fault after the last token, before the
 /// finishing chunk. For non-streaming requests `stall` hangs before the headers, `reset` aborts
-/// the body, and `malformed` sends a body that is not JSON.
+/// the body, `malformed` sends a body that is not JSON, and `cut` answers in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     Status(u16),
@@ -116,6 +117,7 @@ pub enum Fault {
     ErrorWithKey(u16),
     ErrorHtml(u16),
     ErrorHuge(u16),
+    Cut { after: usize },
 }
 
 /// One request as the mock received it.
@@ -256,10 +258,13 @@ impl FromStr for Fault {
             "error-key" => status().map(Fault::ErrorWithKey),
             "error-html" => status().map(Fault::ErrorHtml),
             "error-huge" => status().map(Fault::ErrorHuge),
+            "cut" => Ok(Fault::Cut {
+                after: count("a token count")?,
+            }),
             _ => Err(format!(
                 "fault `{s}`: expected one of status:<code>, slow:<ms>, stall:<n>, reset:<n>, \
                  malformed:<n>, no-done, json, error-key:<code>, error-html:<code>, \
-                 error-huge:<code>"
+                 error-huge:<code>, cut:<n>"
             )),
         }
     }
@@ -278,6 +283,7 @@ impl fmt::Display for Fault {
             Fault::ErrorWithKey(code) => write!(f, "error-key:{code}"),
             Fault::ErrorHtml(code) => write!(f, "error-html:{code}"),
             Fault::ErrorHuge(code) => write!(f, "error-huge:{code}"),
+            Fault::Cut { after } => write!(f, "cut:{after}"),
         }
     }
 }
@@ -586,9 +592,12 @@ fn stream_response(plan: Plan, guard: InFlight) -> Response<MockBody> {
     let frames = async_stream::stream! {
         let _guard = guard;
         let after = match plan.fault {
-            Some(Fault::Stall { after } | Fault::Reset { after } | Fault::Malformed { after }) => {
-                Some(after)
-            }
+            Some(
+                Fault::Stall { after }
+                | Fault::Reset { after }
+                | Fault::Malformed { after }
+                | Fault::Cut { after },
+            ) => Some(after),
             _ => None,
         };
         pause(plan.ttft).await;
@@ -615,6 +624,7 @@ fn stream_response(plan: Plan, guard: InFlight) -> Response<MockBody> {
                 yield Ok(Frame::data(Bytes::from_static(b"data: {\"choices\": [{\"delta\":\n\n")));
                 return;
             }
+            Some(Fault::Cut { .. }) => return,
             _ => {}
         }
         yield Ok(plan.chunk("{}", Some(plan.finish_reason)));
@@ -874,6 +884,7 @@ mod tests {
             "error-key:401",
             "error-html:400",
             "error-huge:422",
+            "cut:2",
         ] {
             let fault: Fault = spec.parse().unwrap();
             assert_eq!(fault.to_string(), spec);

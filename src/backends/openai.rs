@@ -10,8 +10,15 @@
 //! dashboard can tell a dead host (connect) from an overloaded one (first byte) from a stalled
 //! generation (idle). Failures before the response headers are `Err` from [`Backend::chat`] (the
 //! handler can still answer with a status, and routing can try elsewhere); failures after them are
-//! `Err` items that end the stream. A stream that ends without `data: [DONE]` is never a clean end:
-//! a truncated answer must not look like a complete one.
+//! `Err` items that end the stream.
+//!
+//! An upstream stream is complete once `data: [DONE]` arrived or every choice (`n` of them)
+//! delivered a `finish_reason`: after that the answer is whole, and what follows is at most the
+//! usage chunk and `[DONE]`. So a stream that then ends, fails or stalls ends cleanly (usage the
+//! upstream did not send is counted by the gateway), and once the usage chunk arrived it ends at
+//! once, without waiting for a `[DONE]` that may never come. A stream that ends or fails before
+//! it is complete is an error, never a clean end: a truncated answer must not look like a whole
+//! one.
 //!
 //! The stream owns the upstream response body, so dropping it (a client that went away) drops the
 //! upstream request at once: hyper closes an HTTP/1 connection whose body was not read to the end,
@@ -47,6 +54,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 use tokio::time::{Instant, Sleep};
 
 use super::http1_pool::{DrivenBody, Http1Pool, SendError};
@@ -121,8 +129,13 @@ struct SseEvents {
     pending: VecDeque<BackendEvent>,
     /// The failure to report once `pending` is empty.
     failure: Option<Error>,
-    /// `data: [DONE]` was seen: the stream ends cleanly after `pending`.
+    /// `data: [DONE]` was seen, or the answer is complete (see the module doc): the stream ends
+    /// cleanly after `pending`.
     done: bool,
+    /// How many choices the answer has (`n`).
+    choices: u32,
+    /// The choices below `choices` that delivered a finish reason, each once.
+    choices_finished: SmallVec<[u32; 1]>,
     /// Nothing more will be yielded.
     finished: bool,
     idle: IdleTimer,
@@ -220,13 +233,15 @@ impl OpenAiBackend {
         self
     }
 
-    /// The upstream request: the client's body with `model` and streaming rewritten.
-    fn upstream_request(&self, req: BackendRequest) -> Result<Request<Bytes>> {
+    /// The upstream request: the client's body with `model` and streaming rewritten; and how many
+    /// choices the answer has.
+    fn upstream_request(&self, req: BackendRequest) -> Result<(Request<Bytes>, u32)> {
         let BackendRequest {
             model,
             mut request,
             request_id,
         } = req;
+        let choices = request.n.unwrap_or(1).max(1);
         request.model = model.upstream_model.clone();
         request.stream = Some(true);
         let mut options = request.stream_options.take().unwrap_or(StreamOptions {
@@ -249,6 +264,7 @@ impl OpenAiBackend {
         }
         builder
             .body(Bytes::from(body))
+            .map(|r| (r, choices))
             .map_err(|e| Error::Internal(format!("building the upstream request: {e}")))
     }
 }
@@ -283,8 +299,9 @@ impl Backend for OpenAiBackend {
         );
         let max_event_bytes = self.max_event_bytes;
         let key = self.key.clone();
+        let choices = request.as_ref().ok().map_or(1, |(_, choices)| *choices);
         Box::pin(async move {
-            let request = request?;
+            let (request, _) = request?;
             let started = Instant::now();
             let total_deadline = started + total;
             let (head_deadline, head_phase) = if first_byte < total {
@@ -326,21 +343,14 @@ impl Backend for OpenAiBackend {
                 ));
                 return Ok(stream);
             }
-            let stream: EventStream = Box::pin(SseEvents {
+            let stream: EventStream = Box::pin(SseEvents::new(
                 backend,
-                body: Some(body),
-                parser: SseParser::new(max_event_bytes),
-                chunks: ChunkReader::default(),
-                // Room for one: a stream that trickles (or idles) decodes one event per read, and
-                // the default first growth (four) would hold memory per open stream for nothing.
-                // A burst grows it once.
-                pending: VecDeque::with_capacity(1),
-                failure: None,
-                done: false,
-                finished: false,
-                idle: IdleTimer::new(idle),
-                total: Box::pin(tokio::time::sleep_until(total_deadline)),
-            });
+                Some(body),
+                max_event_bytes,
+                choices,
+                idle,
+                total_deadline,
+            ));
             Ok(stream)
         })
     }
@@ -438,12 +448,66 @@ impl http_body::Body for UpstreamBody {
 // === impl SseEvents ===
 
 impl SseEvents {
+    fn new(
+        backend: Arc<str>,
+        body: Option<UpstreamBody>,
+        max_event_bytes: usize,
+        choices: u32,
+        idle: Duration,
+        total_deadline: Instant,
+    ) -> Self {
+        SseEvents {
+            backend,
+            body,
+            parser: SseParser::new(max_event_bytes),
+            chunks: ChunkReader::default(),
+            // Room for one: a stream that trickles (or idles) decodes one event per read, and
+            // the default first growth (four) would hold memory per open stream for nothing.
+            // A burst grows it once.
+            pending: VecDeque::with_capacity(1),
+            failure: None,
+            done: false,
+            choices,
+            choices_finished: SmallVec::new(),
+            finished: false,
+            idle: IdleTimer::new(idle),
+            total: Box::pin(tokio::time::sleep_until(total_deadline)),
+        }
+    }
+
     /// Records a failure: it is reported after the events already decoded, and ends the stream.
+    /// After a complete answer it only ends the stream.
     fn fail(&mut self, err: Error) {
         if self.failure.is_none() && !self.done {
-            self.failure = Some(err);
+            if self.complete() {
+                tracing::debug!(backend = %self.backend, error = %err, "upstream stream failed after a complete answer");
+                self.done = true;
+            } else {
+                self.failure = Some(err);
+            }
         }
         self.body = None;
+    }
+
+    /// Every choice delivered a finish reason.
+    fn complete(&self) -> bool {
+        self.choices_finished.len() >= self.choices as usize
+    }
+
+    /// Notes the finish reasons and usage of a chunk; the answer is done once it is complete and
+    /// the usage (asked for upstream, and sent after every finish reason) has arrived.
+    fn on_chunk(&mut self, chunk: &WireChunk) {
+        for c in &chunk.choices {
+            if c.finish_reason.is_some()
+                && c.index < self.choices
+                && !self.choices_finished.contains(&c.index)
+            {
+                self.choices_finished.push(c.index);
+            }
+        }
+        if chunk.usage.is_some() && self.complete() {
+            self.done = true;
+        }
     }
 
     /// Decodes one body chunk into `pending`.
@@ -480,7 +544,10 @@ impl SseEvents {
                 tracing::warn!(backend = %self.backend, "upstream sent an error object mid-stream");
                 self.fail(protocol(&self.backend, "the upstream reported an error"));
             }
-            Ok(chunk) => chunk_events(chunk, &mut self.pending),
+            Ok(chunk) => {
+                self.on_chunk(&chunk);
+                chunk_events(chunk, &mut self.pending);
+            }
             Err(e) => {
                 tracing::debug!(backend = %self.backend, error = %e, "malformed upstream chunk");
                 self.fail(protocol(&self.backend, "malformed JSON in an event"));
@@ -489,7 +556,7 @@ impl SseEvents {
     }
 
     /// At end of body: `[DONE]` must have been seen (a server that omits only the blank line after
-    /// it is forgiven); anything else is a truncated answer.
+    /// it is forgiven), or the answer be complete; anything else is a truncated answer.
     fn on_eof(&mut self) {
         self.body = None;
         match self.parser.finish() {
@@ -905,6 +972,52 @@ mod tests {
         assert!(has_io_kind(&timed_out, std::io::ErrorKind::TimedOut));
         assert!(!has_io_kind(&refused, std::io::ErrorKind::TimedOut));
         assert_eq!(chain(&refused), "outer: x");
+    }
+
+    /// The events of `bytes` for an answer of `choices`, and whether its end was clean.
+    fn events_at_eof(choices: u32, bytes: &str) -> (usize, bool) {
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut s = SseEvents::new(
+            Arc::from("b"),
+            None,
+            1 << 20,
+            choices,
+            far - Instant::now(),
+            far,
+        );
+        s.on_bytes(bytes.as_bytes());
+        if !s.done {
+            s.on_eof();
+        }
+        (s.pending.len(), s.failure.is_none() && s.done)
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_complete_once_every_choice_finished() {
+        let text = |i: u32| {
+            format!("data: {{\"choices\":[{{\"index\":{i},\"delta\":{{\"content\":\"a\"}}}}]}}\n\n")
+        };
+        let finish = |i: u32| {
+            format!("data: {{\"choices\":[{{\"index\":{i},\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n")
+        };
+        let usage =
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+        // One choice: its finish reason completes the answer, with or without usage after it.
+        assert_eq!(events_at_eof(1, &(text(0) + &finish(0))), (2, true));
+        assert_eq!(events_at_eof(1, &(text(0) + &finish(0) + usage)), (3, true));
+        assert_eq!(events_at_eof(1, &text(0)), (1, false));
+        // Two choices: both must finish; the same choice finishing twice, or a choice beyond
+        // `n`, does not count for another.
+        let both = text(0) + &text(1) + &finish(0) + &finish(1);
+        assert_eq!(events_at_eof(2, &both), (4, true));
+        assert!(!events_at_eof(2, &(text(0) + &finish(0) + &finish(0))).1);
+        assert!(!events_at_eof(2, &(finish(0) + &finish(2))).1);
+        // Usage before every choice finished does not end the stream.
+        let (_, clean) = events_at_eof(2, &(finish(0).clone() + usage));
+        assert!(!clean);
+        // Usage after a complete answer ends it at once: later events are not read.
+        let (n, clean) = events_at_eof(1, &(finish(0) + usage + &text(0)));
+        assert_eq!((n, clean), (2, true));
     }
 
     #[test]

@@ -408,12 +408,31 @@ async fn malformed_json_is_a_protocol_error_item() {
 }
 
 #[tokio::test]
-async fn a_stream_without_done_is_never_a_clean_end() {
+async fn a_stream_whose_choice_finished_is_complete_without_done() {
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
-    let (events, err) = with_fault("no-done", config(&mock.base_url())).await;
-    assert_eq!(text(&events), mock.config().answer_text());
-    assert!(usage(&events).is_some());
-    assert!(matches!(err, Some(Error::UpstreamClosed { .. })), "{err:?}");
+    for http2_only in [false, true] {
+        let mut cfg = config(&mock.base_url());
+        cfg.http2_only = http2_only;
+        let (events, err) = with_fault("no-done", cfg).await;
+        assert!(err.is_none(), "h2={http2_only}: {err:?}");
+        assert_eq!(text(&events), mock.config().answer_text());
+        assert!(usage(&events).is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_stream_cut_before_its_finish_reason_is_never_a_clean_end() {
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    for http2_only in [false, true] {
+        let mut cfg = config(&mock.base_url());
+        cfg.http2_only = http2_only;
+        let (events, err) = with_fault("cut:2", cfg).await;
+        assert!(!text(&events).is_empty());
+        assert!(
+            matches!(err, Some(Error::UpstreamClosed { .. })),
+            "h2={http2_only}: {err:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -36,7 +36,7 @@ idle_timeout = "300ms"
 type = "openai"
 base_url = "http://127.0.0.1:1/v1"
 
-{}{}{}{}{}{}{}{}{}{}"#,
+{}{}{}{}{}{}{}{}{}{}{}"#,
         model("mock", "up", "mock"),
         model("e500", "up", "fault:status:500"),
         model("e422", "up", "fault:status:422"),
@@ -45,6 +45,7 @@ base_url = "http://127.0.0.1:1/v1"
         model("reset", "up", "fault:reset:2"),
         model("malformed", "up", "fault:malformed:2"),
         model("nodone", "up", "fault:no-done"),
+        model("cut", "up", "fault:cut:2"),
         model("json", "up", "fault:json"),
         model("down", "down", "mock"),
     );
@@ -151,7 +152,7 @@ async fn faults_after_the_first_byte_are_error_events_without_done() {
         ("stall", "upstream_timeout"),
         ("reset", "upstream_closed"),
         ("malformed", "upstream_protocol_error"),
-        ("nodone", "upstream_closed"),
+        ("cut", "upstream_closed"),
     ] {
         let r = chat(&gw, &body(model, true)).await;
         assert_eq!(r.status, 200, "{model}");
@@ -169,6 +170,76 @@ async fn faults_after_the_first_byte_are_error_events_without_done() {
     }
     gw.idle().await;
     mock.wait_in_flight(0).await;
+}
+
+#[tokio::test]
+async fn a_stream_whose_choice_finished_is_complete_without_done() {
+    let (mock, gw) = setup().await;
+    let mut b = body("nodone", true);
+    b["stream_options"] = json!({"include_usage": true});
+    let r = chat(&gw, &b).await;
+    assert_eq!(r.status, 200);
+    let events = r.events();
+    assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
+    assert_eq!(content(&events), ANSWER);
+    let usage: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+
+    let r = chat(&gw, &body("nodone", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["choices"][0]["message"]["content"], ANSWER);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    gw.idle().await;
+    mock.wait_in_flight(0).await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_before_its_finish_reason_is_an_error() {
+    let (mock, gw) = setup().await;
+    let r = chat(&gw, &body("cut", true)).await;
+    assert_eq!(r.status, 200);
+    let events = r.events();
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
+    assert_eq!(last_error_code(&events), "upstream_closed");
+    let r = chat(&gw, &body("cut", false)).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_closed");
+    gw.idle().await;
+    mock.wait_in_flight(0).await;
+}
+
+#[tokio::test]
+async fn a_connection_lost_after_the_finish_reason_still_completes_the_answer() {
+    // Chunked framing that never ends: the finish chunk and usage, then the socket closes
+    // without `[DONE]` and without the terminating chunk.
+    let events = [
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n",
+    ];
+    let mut answer = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    );
+    for e in events {
+        answer += &format!("{:x}\r\n{e}\r\n", e.len());
+    }
+    let answer: &'static [u8] = Box::leak(answer.into_bytes().into_boxed_slice());
+    let gw = gateway_for(raw_upstream(answer).await).await;
+    let r = chat(&gw, &body("m", true)).await;
+    let events = r.events();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    assert_eq!(content(&events), "Hi");
+    let r = chat(&gw, &body("m", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "Hi");
+    assert_eq!(r.json()["usage"]["completion_tokens"], 1);
+    gw.idle().await;
 }
 
 #[tokio::test]
