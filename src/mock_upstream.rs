@@ -100,6 +100,7 @@ pub struct MockConfig {
 /// | `error-html:<code>` | answers `<code>` with an HTML page (`text/html`) naming [`INTERNAL_ADDRESS`] |
 /// | `error-huge:<code>` | answers `<code>` with a [`HUGE_ERROR_BYTES`] `application/json` body: an error whose message goes on and on |
 /// | `cut:<n>` | streams `<n>` tokens, then ends the body cleanly: no finishing chunk, no usage, no `[DONE]` |
+/// | `ignore-max-tokens` | streams (or answers) the whole answer whatever `max_tokens` asked for |
 ///
 /// `<n>` counts token chunks; the role chunk that precedes the first token is not counted. An
 /// `<n>` at or beyond the answer's length applies the fault after the last token, before the
@@ -118,6 +119,7 @@ pub enum Fault {
     ErrorHtml(u16),
     ErrorHuge(u16),
     Cut { after: usize },
+    IgnoreMaxTokens,
 }
 
 /// One request as the mock received it.
@@ -261,10 +263,11 @@ impl FromStr for Fault {
             "cut" => Ok(Fault::Cut {
                 after: count("a token count")?,
             }),
+            "ignore-max-tokens" => Ok(Fault::IgnoreMaxTokens),
             _ => Err(format!(
                 "fault `{s}`: expected one of status:<code>, slow:<ms>, stall:<n>, reset:<n>, \
                  malformed:<n>, no-done, json, error-key:<code>, error-html:<code>, \
-                 error-huge:<code>, cut:<n>"
+                 error-huge:<code>, cut:<n>, ignore-max-tokens"
             )),
         }
     }
@@ -284,6 +287,7 @@ impl fmt::Display for Fault {
             Fault::ErrorHtml(code) => write!(f, "error-html:{code}"),
             Fault::ErrorHuge(code) => write!(f, "error-huge:{code}"),
             Fault::Cut { after } => write!(f, "cut:{after}"),
+            Fault::IgnoreMaxTokens => f.write_str("ignore-max-tokens"),
         }
     }
 }
@@ -683,6 +687,7 @@ impl Plan {
             .get("max_completion_tokens")
             .or_else(|| req.get("max_tokens"))
             .and_then(Value::as_u64)
+            .filter(|_| fault != Some(Fault::IgnoreMaxTokens))
             .map_or(usize::MAX, |m| m as usize);
         let mut tokens = answer(&shared.config.text, count);
         let finish_reason = if tokens.len() > max {
@@ -885,6 +890,7 @@ mod tests {
             "error-html:400",
             "error-huge:422",
             "cut:2",
+            "ignore-max-tokens",
         ] {
             let fault: Fault = spec.parse().unwrap();
             assert_eq!(fault.to_string(), spec);

@@ -20,6 +20,8 @@
 //! it is complete is an error, never a clean end: a truncated answer must not look like a whole
 //! one.
 //!
+//! The client's `max_tokens` is held even where the upstream ignores it ([`super::token_cap`]).
+//!
 //! The stream owns the upstream response body, so dropping it (a client that went away) drops the
 //! upstream request at once: hyper closes an HTTP/1 connection whose body was not read to the end,
 //! and resets an HTTP/2 stream.
@@ -59,6 +61,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::http1_pool::{DrivenBody, Http1Pool, SendError};
 use super::sse_parser::{Event, SseParser, DEFAULT_MAX_EVENT_BYTES};
+use super::token_cap::{cap_completion, TokenCap};
 use super::wire_chunk::{ChunkReader, WireChunk};
 use super::wire_delta::WireDelta;
 use super::{Backend, BackendRequest, ChatFuture, EventStream, Readiness};
@@ -66,6 +69,7 @@ use crate::api::types::{BackendEvent, ChoiceDelta, StreamOptions};
 use crate::config::OpenAiConfig;
 use crate::error::{Error, Result, TimeoutPhase, UpstreamError};
 use crate::idle_timer::IdleTimer;
+use crate::limits::estimate_prompt_tokens;
 
 /// Upstream correlation, built at compile time rather than parsed per request.
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -233,15 +237,13 @@ impl OpenAiBackend {
         self
     }
 
-    /// The upstream request: the client's body with `model` and streaming rewritten; and how many
-    /// choices the answer has.
-    fn upstream_request(&self, req: BackendRequest) -> Result<(Request<Bytes>, u32)> {
+    /// The upstream request: the client's body with `model` and streaming rewritten.
+    fn upstream_request(&self, req: BackendRequest) -> Result<Request<Bytes>> {
         let BackendRequest {
             model,
             mut request,
             request_id,
         } = req;
-        let choices = request.n.unwrap_or(1).max(1);
         request.model = model.upstream_model.clone();
         request.stream = Some(true);
         let mut options = request.stream_options.take().unwrap_or(StreamOptions {
@@ -264,7 +266,6 @@ impl OpenAiBackend {
         }
         builder
             .body(Bytes::from(body))
-            .map(|r| (r, choices))
             .map_err(|e| Error::Internal(format!("building the upstream request: {e}")))
     }
 }
@@ -288,6 +289,11 @@ impl Backend for OpenAiBackend {
     }
 
     fn chat(&self, req: BackendRequest) -> ChatFuture {
+        let choices = req.request.n.unwrap_or(1).max(1);
+        let cap = req
+            .request
+            .requested_max_tokens()
+            .map(|limit| (limit, estimate_prompt_tokens(&req.request)));
         let request = self.upstream_request(req);
         let transport = self.transport.clone();
         let backend = self.name.clone();
@@ -299,9 +305,8 @@ impl Backend for OpenAiBackend {
         );
         let max_event_bytes = self.max_event_bytes;
         let key = self.key.clone();
-        let choices = request.as_ref().ok().map_or(1, |(_, choices)| *choices);
         Box::pin(async move {
-            let (request, _) = request?;
+            let request = request?;
             let started = Instant::now();
             let total_deadline = started + total;
             let (head_deadline, head_phase) = if first_byte < total {
@@ -336,8 +341,11 @@ impl Backend for OpenAiBackend {
                         ReadError::TooLarge => protocol(&backend, "the completion is too large"),
                         ReadError::Read(e) => body_error(&backend, &e),
                     })?;
-                let events = completion_events(&bytes)
+                let mut events = completion_events(&bytes)
                     .ok_or_else(|| protocol(&backend, "the completion is not valid JSON"))?;
+                if let Some((limit, _)) = cap {
+                    cap_completion(&mut events, limit);
+                }
                 let stream: EventStream = Box::pin(futures_util::stream::iter(
                     events.into_iter().map(Ok::<_, Error>),
                 ));
@@ -351,7 +359,12 @@ impl Backend for OpenAiBackend {
                 idle,
                 total_deadline,
             ));
-            Ok(stream)
+            Ok(match cap {
+                Some((limit, prompt_estimate)) => {
+                    Box::pin(TokenCap::new(stream, limit, choices, prompt_estimate))
+                }
+                None => stream,
+            })
         })
     }
 

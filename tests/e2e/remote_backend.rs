@@ -549,3 +549,31 @@ async fn max_tokens_reaches_the_upstream() {
         Some("length")
     );
 }
+
+#[tokio::test]
+async fn max_tokens_holds_against_an_upstream_that_ignores_it() {
+    let mock = MockUpstream::start(MockConfig {
+        tokens: Some(50),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    for http2_only in [false, true] {
+        let mut cfg = config(&mock.base_url());
+        cfg.http2_only = http2_only;
+        let mut req = faulty("ignore-max-tokens");
+        req.request.max_tokens = Some(5);
+        let (events, err) = drain(backend(cfg).chat(req).await.unwrap()).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(text(&events), mock.config().answer_tokens()[..5].concat());
+        let finishes: Vec<_> = deltas(&events)
+            .iter()
+            .filter_map(|d| d.finish_reason.as_deref())
+            .collect();
+        assert_eq!(finishes, ["length"]);
+        assert_eq!(usage(&events).unwrap().completion_tokens, 5);
+        tokio::time::timeout(NEVER, mock.wait_in_flight(0))
+            .await
+            .expect("the upstream request was not dropped at the cut");
+    }
+}

@@ -569,3 +569,129 @@ async fn a_huge_error_body_is_not_read_whole_nor_sent_cut_as_json() {
             .expect("the huge error body was not dropped");
     }
 }
+
+// === max_tokens ===
+
+/// A gateway in front of an upstream that ignores `max_tokens` and would go on for 100 000
+/// tokens, one a millisecond: only a cut by the gateway ends a request in time.
+async fn runaway_gateway() -> (MockUpstream, TestGateway) {
+    let mock = MockUpstream::start(MockConfig {
+        tokens: Some(100_000),
+        gap: Duration::from_millis(1),
+        ..MockConfig::with_text(ANSWER)
+    })
+    .await
+    .unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[backends.up]\ntype = \"openai\"\nbase_url = \"{}\"\n\
+         [models.runaway]\nbackend = \"up\"\nupstream_model = \"fault:ignore-max-tokens\"\n\
+         retry = {{ attempts = 1 }}\n",
+        mock.base_url()
+    );
+    let gw = TestGateway::start(&config, vec![]).await;
+    (mock, gw)
+}
+
+/// The first `n` tokens of the mock's answer.
+fn first_tokens(mock: &MockUpstream, n: usize) -> String {
+    mock.config().answer_tokens()[..n].concat()
+}
+
+#[tokio::test]
+async fn an_upstream_that_ignores_max_tokens_is_cut_at_the_limit_streamed() {
+    let (mock, gw) = runaway_gateway().await;
+    let mut b = body("runaway", true);
+    b["max_tokens"] = json!(5);
+    b["stream_options"] = json!({"include_usage": true});
+    let r = tokio::time::timeout(Duration::from_secs(20), chat(&gw, &b))
+        .await
+        .expect("the answer was not cut");
+    assert_eq!(r.status, 200);
+    let events = r.events();
+    assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
+    assert_eq!(content(&events), first_tokens(&mock, 5));
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let finishes: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finishes, ["length"]);
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 5);
+    gw.idle().await;
+    tokio::time::timeout(Duration::from_secs(10), mock.wait_in_flight(0))
+        .await
+        .expect("the runaway upstream request was not dropped");
+}
+
+#[tokio::test]
+async fn an_upstream_that_ignores_max_tokens_is_cut_at_the_limit_collected() {
+    let (mock, gw) = runaway_gateway().await;
+    for (field, limit) in [("max_tokens", 7), ("max_completion_tokens", 3)] {
+        let mut b = body("runaway", false);
+        b[field] = json!(limit);
+        let r = tokio::time::timeout(Duration::from_secs(20), chat(&gw, &b))
+            .await
+            .expect("the answer was not cut");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            first_tokens(&mock, limit),
+            "{field}"
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "length", "{field}");
+        assert_eq!(v["usage"]["completion_tokens"], limit as u64, "{field}");
+    }
+    gw.idle().await;
+    tokio::time::timeout(Duration::from_secs(10), mock.wait_in_flight(0))
+        .await
+        .expect("the runaway upstream request was not dropped");
+}
+
+#[tokio::test]
+async fn an_upstream_that_honours_max_tokens_is_passed_unchanged() {
+    let (_mock, gw) = setup().await;
+    for stream in [true, false] {
+        let mut b = body("mock", stream);
+        b["max_tokens"] = json!(4);
+        b["stream_options"] = json!({"include_usage": true});
+        let r = chat(&gw, &b).await;
+        assert_eq!(r.status, 200);
+        let words: Vec<&str> = ANSWER.split_inclusive(' ').collect();
+        if stream {
+            let events = r.events();
+            assert_eq!(content(&events), words[..4].concat());
+            let usage: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+            assert_eq!(usage["usage"]["completion_tokens"], 4);
+        } else {
+            let v = r.json();
+            assert_eq!(v["choices"][0]["message"]["content"], words[..4].concat());
+            assert_eq!(v["choices"][0]["finish_reason"], "length");
+        }
+    }
+    gw.idle().await;
+}
+
+#[tokio::test]
+async fn a_whole_completion_past_max_tokens_is_cut_by_its_own_usage() {
+    // An upstream that ignores `stream: true` and `max_tokens` alike: 8 tokens for a budget of 2.
+    let json = r#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"aaa bbb ccc ddd eee fff ggg hhh "},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":8,"total_tokens":11}}"#;
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+        json.len()
+    );
+    let answer: &'static [u8] = Box::leak(answer.into_bytes().into_boxed_slice());
+    let gw = gateway_for(raw_upstream(answer).await).await;
+    let mut b = body("m", false);
+    b["max_tokens"] = json!(2);
+    let r = chat(&gw, &b).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "aaa bbb ");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    gw.idle().await;
+}
