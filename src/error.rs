@@ -5,12 +5,22 @@
 //! a client: an HTTP status with an OpenAI error body before the first byte, or an SSE error event
 //! after it. Keeping that mapping in one table means a handler never invents a status, and internals
 //! (hostnames, file paths, upstream bodies) never leak into a response by accident.
+//!
+//! An upstream's error status is the one place where upstream text may reach a client, and only
+//! as [`UpstreamError`]: the `error` object of a complete OpenAI-shaped JSON body, parsed and
+//! re-serialised by the gateway (never the upstream's bytes), with the backend's own API key taken
+//! out and, when a guardrails policy is served, the message redacted by its output rules. It is
+//! shown for a 4xx only. Anything else (an HTML page, a body that is not JSON or not in OpenAI's
+//! shape, one over the size kept, a body cut short) is answered with the gateway's own error for
+//! that status. A 401, 403 or 407 from an upstream refused the gateway's credentials, not the
+//! client's: the client cannot fix that, and a 401 would tell it its own key is wrong, so it is
+//! answered 502 `upstream_auth_failed` without the upstream's message.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::body::{self, Body};
 
@@ -106,13 +116,14 @@ pub enum Error {
         backend: String,
         phase: TimeoutPhase,
     },
-    /// The backend answered with an HTTP error status. A 4xx body is passed to the client as is.
-    #[error("The upstream answered with status {status}.")]
+    /// The backend answered with an HTTP error status. A 4xx is passed on with the upstream's own
+    /// error when it had one (see the module doc); credentials the upstream refused are a 502.
+    #[error("{}", upstream_status_message(*status))]
     UpstreamStatus {
         backend: String,
         status: StatusCode,
-        body: Bytes,
-        content_type: Option<HeaderValue>,
+        /// The upstream's error object, when its body was a complete OpenAI-shaped one.
+        upstream: Option<Box<UpstreamError>>,
     },
     /// The backend's answer could not be understood, or its stream ended badly.
     #[error("The upstream stream failed: {detail}.")]
@@ -134,6 +145,47 @@ pub enum Error {
 /// A shorthand for results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The `error` object of an upstream's OpenAI-shaped error body, as the gateway re-serialises it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamError {
+    pub message: String,
+    /// The upstream's `type`, or `upstream_error` when it gave none.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<UpstreamCode>,
+}
+
+/// An upstream's `code`: OpenAI sends a string, several compatible servers the HTTP status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UpstreamCode {
+    Text(String),
+    Number(i64),
+}
+
+/// The wire form [`UpstreamError::parse`] accepts; unknown fields are ignored.
+#[derive(Deserialize)]
+struct WireErrorBody {
+    error: WireError,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    message: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    param: Option<String>,
+    #[serde(default)]
+    code: Option<UpstreamCode>,
+}
+
+#[derive(Serialize)]
+struct UpstreamErrorBody<'a> {
+    error: &'a UpstreamError,
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: ErrorObject<'a>,
@@ -146,6 +198,87 @@ struct ErrorObject<'a> {
     kind: &'a str,
     param: Option<&'a str>,
     code: Option<&'a str>,
+}
+
+/// The longest `type`, `param` or `code` passed on: they are identifiers, not prose.
+const MAX_LABEL_BYTES: usize = 128;
+
+/// What replaces the backend's API key in an upstream's message.
+const KEY_REDACTED: &str = "[REDACTED]";
+
+/// A 401, 403 or 407: the upstream refused the gateway's own credentials.
+fn refused_credentials(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::PROXY_AUTHENTICATION_REQUIRED
+    )
+}
+
+fn upstream_status_message(status: StatusCode) -> String {
+    if refused_credentials(status) {
+        format!(
+            "The upstream for this model refused the gateway's credentials (status {status}); \
+             this is a gateway configuration problem, not a problem with your request."
+        )
+    } else {
+        format!("The upstream answered with status {status}.")
+    }
+}
+
+// === impl UpstreamError ===
+
+impl UpstreamError {
+    /// The `error` object of a complete body in OpenAI's shape (`{"error":{"message":…}}`, with
+    /// optional `type`, `param` and `code`); `None` for anything else, which the client never
+    /// sees. `type`, `param` and `code` must be short identifiers, or the body is not OpenAI's.
+    pub fn parse(body: &[u8]) -> Option<UpstreamError> {
+        let WireError {
+            message,
+            kind,
+            param,
+            code,
+        } = serde_json::from_slice::<WireErrorBody>(body).ok()?.error;
+        let label = |s: &str| {
+            !s.is_empty()
+                && s.len() <= MAX_LABEL_BYTES
+                && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        };
+        if !kind.as_deref().is_none_or(label)
+            || !param.as_deref().is_none_or(label)
+            || matches!(&code, Some(UpstreamCode::Text(c)) if !label(c))
+        {
+            return None;
+        }
+        Some(UpstreamError {
+            message,
+            kind: kind.unwrap_or_else(|| "upstream_error".to_owned()),
+            param,
+            code,
+        })
+    }
+
+    /// Takes `secret` (the backend's API key) out of every field: replaced in the message, and
+    /// the field dropped where it is an identifier. An empty secret changes nothing.
+    pub fn without(mut self, secret: &str) -> UpstreamError {
+        if secret.is_empty() {
+            return self;
+        }
+        if self.message.contains(secret) {
+            self.message = self.message.replace(secret, KEY_REDACTED);
+        }
+        if self.kind.contains(secret) {
+            self.kind = "upstream_error".to_owned();
+        }
+        if self.param.as_deref().is_some_and(|p| p.contains(secret)) {
+            self.param = None;
+        }
+        if matches!(&self.code, Some(UpstreamCode::Text(c)) if c.contains(secret)) {
+            self.code = None;
+        }
+        self
+    }
 }
 
 // === impl Error ===
@@ -184,7 +317,11 @@ impl Error {
             Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Error::UpstreamStatus { status, .. } if status.is_client_error() => *status,
+            Error::UpstreamStatus { status, .. }
+                if status.is_client_error() && !refused_credentials(*status) =>
+            {
+                *status
+            }
             Error::UpstreamStatus { .. } => StatusCode::BAD_GATEWAY,
             Error::UpstreamProtocol { .. } | Error::UpstreamClosed { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -220,7 +357,8 @@ impl Error {
     }
 
     /// Whether another attempt (elsewhere, or later) could succeed. Only meaningful before the
-    /// first byte has been sent to the client.
+    /// first byte has been sent to the client. Refused credentials are: another target holds
+    /// other credentials, and the failures open this target's breaker.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::UpstreamUnreachable { .. }
@@ -228,7 +366,9 @@ impl Error {
             | Error::Overloaded { .. }
             | Error::UpstreamClosed { .. } => true,
             Error::UpstreamStatus { status, .. } => {
-                *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+                *status == StatusCode::TOO_MANY_REQUESTS
+                    || status.is_server_error()
+                    || refused_credentials(*status)
             }
             _ => false,
         }
@@ -244,6 +384,7 @@ impl Error {
                 TimeoutPhase::Idle => "timeout_idle",
                 TimeoutPhase::Total => "timeout_total",
             },
+            Error::UpstreamStatus { status, .. } if refused_credentials(*status) => "status_auth",
             Error::UpstreamStatus { status, .. } if status.is_client_error() => "status_4xx",
             Error::UpstreamStatus { .. } => "status_5xx",
             Error::UpstreamProtocol { .. } => "protocol",
@@ -292,6 +433,9 @@ impl Error {
             Error::Overloaded { .. } => Some("overloaded"),
             Error::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
             Error::UpstreamTimeout { .. } => Some("upstream_timeout"),
+            Error::UpstreamStatus { status, .. } if refused_credentials(*status) => {
+                Some("upstream_auth_failed")
+            }
             Error::UpstreamStatus { .. } => Some("upstream_error"),
             Error::UpstreamProtocol { .. } => Some("upstream_protocol_error"),
             Error::UpstreamClosed { .. } => Some("upstream_closed"),
@@ -310,8 +454,43 @@ impl Error {
         }
     }
 
-    /// `{"error":{"message","type","param","code"}}`.
+    /// The upstream's own error, when the client is shown it: a 4xx other than refused
+    /// credentials whose body was OpenAI's shape.
+    pub fn shown_upstream_error(&self) -> Option<&UpstreamError> {
+        match self {
+            Error::UpstreamStatus {
+                status,
+                upstream: Some(u),
+                ..
+            } if status.is_client_error() && !refused_credentials(*status) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// Passes the upstream's message that the client would be shown through `redact` (the
+    /// output policy): `Some` replaces it, `None` (a rule blocked it) drops the upstream's error
+    /// for the gateway's own.
+    pub fn redact_upstream_message(&mut self, redact: impl FnOnce(&str) -> Option<String>) {
+        if self.shown_upstream_error().is_none() {
+            return;
+        }
+        if let Error::UpstreamStatus { upstream, .. } = self {
+            let redacted = upstream.as_deref().and_then(|u| redact(&u.message));
+            match (redacted, upstream.as_deref_mut()) {
+                (Some(message), Some(u)) => u.message = message,
+                _ => *upstream = None,
+            }
+        }
+    }
+
+    /// `{"error":{"message","type","param","code"}}`: the gateway's own, or the upstream's
+    /// re-serialised where it is shown.
     pub fn to_json(&self) -> Bytes {
+        if let Some(upstream) = self.shown_upstream_error() {
+            if let Ok(v) = serde_json::to_vec(&UpstreamErrorBody { error: upstream }) {
+                return Bytes::from(v);
+            }
+        }
         let body = ErrorBody {
             error: ErrorObject {
                 message: self.to_string(),
@@ -338,25 +517,6 @@ impl Error {
 
     /// The full HTTP response for this error, sent before any byte of a success.
     pub fn into_response(self) -> http::Response<Body> {
-        if let Error::UpstreamStatus {
-            status,
-            body,
-            content_type,
-            ..
-        } = &self
-        {
-            if status.is_client_error() {
-                let mut resp = http::Response::new(body::full(body.clone()));
-                *resp.status_mut() = *status;
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    content_type
-                        .clone()
-                        .unwrap_or(HeaderValue::from_static("application/json")),
-                );
-                return resp;
-            }
-        }
         let mut resp = http::Response::new(body::full(self.to_json()));
         *resp.status_mut() = self.status();
         resp.headers_mut().insert(
@@ -396,24 +556,102 @@ mod tests {
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     }
 
+    fn upstream_status(status: StatusCode, body: &[u8]) -> Error {
+        Error::UpstreamStatus {
+            backend: "b".into(),
+            status,
+            upstream: UpstreamError::parse(body).map(Box::new),
+        }
+    }
+
     #[test]
     fn upstream_4xx_passes_through_and_5xx_becomes_502() {
-        let four = Error::UpstreamStatus {
-            backend: "b".into(),
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            body: Bytes::from_static(b"{\"error\":{}}"),
-            content_type: None,
-        };
+        let four = upstream_status(StatusCode::UNPROCESSABLE_ENTITY, b"{\"error\":{}}");
         assert_eq!(four.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert!(!four.is_retryable());
-        let five = Error::UpstreamStatus {
-            backend: "b".into(),
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            body: Bytes::new(),
-            content_type: None,
-        };
+        let five = upstream_status(StatusCode::SERVICE_UNAVAILABLE, b"");
         assert_eq!(five.status(), StatusCode::BAD_GATEWAY);
         assert!(five.is_retryable());
+    }
+
+    #[test]
+    fn an_openai_shaped_4xx_is_re_serialised_and_anything_else_is_ours() {
+        let body = br#"{"error":{"message":"bad tool","type":"invalid_request_error",
+            "param":"tools","code":null,"extra":{"trace":"10.0.0.7"}},"debug":"internal"}"#;
+        let err = upstream_status(StatusCode::BAD_REQUEST, body);
+        assert_eq!(
+            &err.to_json()[..],
+            br#"{"error":{"message":"bad tool","type":"invalid_request_error","param":"tools","code":null}}"#
+        );
+        // A numeric code (vLLM) is kept; a missing type becomes ours.
+        let err = upstream_status(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":{"message":"m","code":400}}"#,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&err.to_json()).unwrap();
+        assert_eq!(v["error"]["code"], 400);
+        assert_eq!(v["error"]["type"], "upstream_error");
+        for body in [
+            &b"<html><body>10.0.0.7</body></html>"[..],
+            b"{\"error\":{\"message\":\"cut sho",
+            b"{\"error\":\"a string\"}",
+            b"{\"error\":{\"message\":7}}",
+            b"{\"message\":\"no error object\"}",
+            br#"{"error":{"message":"m","type":"has spaces in it"}}"#,
+        ] {
+            let err = upstream_status(StatusCode::BAD_REQUEST, body);
+            assert!(err.shown_upstream_error().is_none(), "{body:?}");
+            let v: serde_json::Value = serde_json::from_slice(&err.to_json()).unwrap();
+            assert_eq!(v["error"]["code"], "upstream_error");
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        }
+        // A 5xx never shows the upstream's message.
+        let err = upstream_status(StatusCode::INTERNAL_SERVER_ERROR, body);
+        assert!(err.shown_upstream_error().is_none());
+        assert!(!String::from_utf8_lossy(&err.to_json()).contains("bad tool"));
+    }
+
+    #[test]
+    fn refused_credentials_are_a_retryable_502_without_the_upstream_message() {
+        for status in [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        ] {
+            let err = upstream_status(status, br#"{"error":{"message":"key sk-1 is wrong"}}"#);
+            assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+            assert_eq!(err.code(), Some("upstream_auth_failed"));
+            assert_eq!(err.upstream_kind(), Some("status_auth"));
+            assert!(err.is_retryable());
+            let resp = err.into_response();
+            assert!(!resp.headers().contains_key(header::WWW_AUTHENTICATE));
+        }
+    }
+
+    #[test]
+    fn the_backend_key_is_taken_out_of_every_field() {
+        let u = UpstreamError::parse(
+            br#"{"error":{"message":"key sk-abc and sk-abc again","type":"t-sk-abc",
+                "param":"sk-abc","code":"c"}}"#,
+        )
+        .unwrap()
+        .without("sk-abc");
+        assert_eq!(u.message, "key [REDACTED] and [REDACTED] again");
+        assert_eq!(u.kind, "upstream_error");
+        assert_eq!(u.param, None);
+        assert_eq!(u.code, Some(UpstreamCode::Text("c".into())));
+        assert_eq!(u.clone().without(""), u);
+    }
+
+    #[test]
+    fn a_blocked_upstream_message_falls_back_to_ours() {
+        let body = br#"{"error":{"message":"secret","type":"t"}}"#;
+        let mut err = upstream_status(StatusCode::BAD_REQUEST, body);
+        err.redact_upstream_message(|m| Some(m.replace("secret", "[SECRET]")));
+        assert_eq!(err.shown_upstream_error().unwrap().message, "[SECRET]");
+        err.redact_upstream_message(|_| None);
+        assert!(err.shown_upstream_error().is_none());
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]

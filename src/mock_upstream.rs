@@ -52,6 +52,13 @@ pub const TOKENS_HEADER: &str = "x-mock-tokens";
 /// The model-name prefix that selects a fault for one request: `fault:status:503`.
 pub const FAULT_MODEL_PREFIX: &str = "fault:";
 
+/// The secret planted in an `error-key` message, as an upstream that leaks its internals would.
+pub const PLANTED_SECRET: &str = "AKIAIOSFODNN7EXAMPLE";
+/// The internal address an `error-html` page names.
+pub const INTERNAL_ADDRESS: &str = "10.20.30.40:8443";
+/// The size of an `error-huge` body.
+pub const HUGE_ERROR_BYTES: usize = 20 * 1024 * 1024;
+
 /// The largest request body the mock reads.
 const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
 
@@ -90,11 +97,16 @@ pub struct MockConfig {
 /// | `no-done` | streams the whole answer (and usage) and ends cleanly without `data: [DONE]` |
 /// | `json` | answers a non-streaming `chat.completion` even when `stream: true` was asked |
 /// | `planted:<field>` | carries the answer text in another field, three characters per delta: `tool-call` (a tool call's `function.arguments`), `refusal`, `reasoning` (`reasoning_content`), or `choice1` (the content of a second choice, beside a first that says `ok`) |
+/// | `error-key:<code>` | answers `<code>` with an OpenAI error whose message quotes the request's bearer token and [`PLANTED_SECRET`] |
+/// | `error-html:<code>` | answers `<code>` with an HTML page (`text/html`) naming [`INTERNAL_ADDRESS`] |
+/// | `error-huge:<code>` | answers `<code>` with a [`HUGE_ERROR_BYTES`] `application/json` body: an error whose message goes on and on |
+/// | `cut:<n>` | streams `<n>` tokens, then ends the body cleanly: no finishing chunk, no usage, no `[DONE]` |
+/// | `ignore-max-tokens` | streams (or answers) the whole answer whatever `max_tokens` asked for |
 ///
 /// `<n>` counts token chunks; the role chunk that precedes the first token is not counted. An
 /// `<n>` at or beyond the answer's length applies the fault after the last token, before the
 /// finishing chunk. For non-streaming requests `stall` hangs before the headers, `reset` aborts
-/// the body, and `malformed` sends a body that is not JSON.
+/// the body, `malformed` sends a body that is not JSON, and `cut` answers in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     Status(u16),
@@ -104,6 +116,11 @@ pub enum Fault {
     Malformed { after: usize },
     NoDone,
     Json,
+    ErrorWithKey(u16),
+    ErrorHtml(u16),
+    ErrorHuge(u16),
+    Cut { after: usize },
+    IgnoreMaxTokens,
     Planted(Planted),
 }
 
@@ -220,6 +237,15 @@ impl FromStr for Fault {
                 .ok_or_else(|| format!("fault `{s}`: `{kind}` needs {what}, as in `{kind}:2`"))
         };
         let count = |what: &str| number(what).map(|n| n as usize);
+        // The status of the error-body faults (`error-key:401`).
+        let status = || -> Result<u16, String> {
+            let code = number("a status code")?;
+            u16::try_from(code)
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .map(|c| c.as_u16())
+                .ok_or_else(|| format!("fault `{s}`: {code} is not an HTTP status"))
+        };
         match kind.trim() {
             "status" => {
                 let code = number("a status code")?;
@@ -252,9 +278,17 @@ impl FromStr for Fault {
                     "fault `{s}`: `planted` needs one of tool-call, refusal, reasoning, choice1"
                 )),
             },
+            "error-key" => status().map(Fault::ErrorWithKey),
+            "error-html" => status().map(Fault::ErrorHtml),
+            "error-huge" => status().map(Fault::ErrorHuge),
+            "cut" => Ok(Fault::Cut {
+                after: count("a token count")?,
+            }),
+            "ignore-max-tokens" => Ok(Fault::IgnoreMaxTokens),
             _ => Err(format!(
                 "fault `{s}`: expected one of status:<code>, slow:<ms>, stall:<n>, reset:<n>, \
-                 malformed:<n>, no-done, json, planted:<field>"
+                 malformed:<n>, no-done, json, error-key:<code>, error-html:<code>, \
+                 error-huge:<code>, cut:<n>, ignore-max-tokens, planted:<field>"
             )),
         }
     }
@@ -271,6 +305,11 @@ impl fmt::Display for Fault {
             Fault::NoDone => f.write_str("no-done"),
             Fault::Json => f.write_str("json"),
             Fault::Planted(p) => write!(f, "planted:{}", p.as_str()),
+            Fault::ErrorWithKey(code) => write!(f, "error-key:{code}"),
+            Fault::ErrorHtml(code) => write!(f, "error-html:{code}"),
+            Fault::ErrorHuge(code) => write!(f, "error-huge:{code}"),
+            Fault::Cut { after } => write!(f, "cut:{after}"),
+            Fault::IgnoreMaxTokens => f.write_str("ignore-max-tokens"),
         }
     }
 }
@@ -495,6 +534,38 @@ async fn chat(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBody>
             };
             return error_response(status, kind, &format!("mock fault: status {code}"));
         }
+        Some(Fault::ErrorWithKey(code)) => {
+            let key = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("(none)");
+            let message = format!(
+                "Incorrect API key provided: {key}. Internal trace: aws key {PLANTED_SECRET} \
+                 on billing-db."
+            );
+            return json_response(
+                status_or_500(code),
+                &json!({"error": {"message": message, "type": "invalid_request_error",
+                    "param": "messages", "code": "invalid_api_key"}}),
+            );
+        }
+        Some(Fault::ErrorHtml(code)) => {
+            let page = format!(
+                "<html><head><title>{code}</title></head><body><h1>Bad Gateway</h1>\
+                 <p>upstream {INTERNAL_ADDRESS} (inference-7.prod.internal) refused</p>\
+                 </body></html>"
+            );
+            let mut resp = Response::new(full(Bytes::from(page)));
+            *resp.status_mut() = status_or_500(code);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            return resp;
+        }
+        Some(Fault::ErrorHuge(code)) => return huge_error(status_or_500(code), guard),
         Some(Fault::SlowFirstByte(delay)) => pause(delay).await,
         _ => {}
     }
@@ -550,9 +621,12 @@ fn stream_response(plan: Plan, guard: InFlight) -> Response<MockBody> {
     let frames = async_stream::stream! {
         let _guard = guard;
         let after = match plan.fault {
-            Some(Fault::Stall { after } | Fault::Reset { after } | Fault::Malformed { after }) => {
-                Some(after)
-            }
+            Some(
+                Fault::Stall { after }
+                | Fault::Reset { after }
+                | Fault::Malformed { after }
+                | Fault::Cut { after },
+            ) => Some(after),
             _ => None,
         };
         pause(plan.ttft).await;
@@ -579,6 +653,7 @@ fn stream_response(plan: Plan, guard: InFlight) -> Response<MockBody> {
                 yield Ok(Frame::data(Bytes::from_static(b"data: {\"choices\": [{\"delta\":\n\n")));
                 return;
             }
+            Some(Fault::Cut { .. }) => return,
             _ => {}
         }
         yield Ok(plan.chunk("{}", Some(plan.finish_reason)));
@@ -746,6 +821,7 @@ impl Plan {
             .get("max_completion_tokens")
             .or_else(|| req.get("max_tokens"))
             .and_then(Value::as_u64)
+            .filter(|_| fault != Some(Fault::IgnoreMaxTokens))
             .map_or(usize::MAX, |m| m as usize);
         let mut tokens = answer(&shared.config.text, count);
         let finish_reason = if tokens.len() > max {
@@ -902,6 +978,27 @@ fn json_response(status: StatusCode, value: &Value) -> Response<MockBody> {
     json_headers(status, full(Bytes::from(value.to_string())))
 }
 
+fn status_or_500(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A [`HUGE_ERROR_BYTES`] error body, streamed in pieces so the mock never holds it whole: the
+/// start of an OpenAI error whose message fills the rest.
+fn huge_error(status: StatusCode, guard: InFlight) -> Response<MockBody> {
+    const PIECE: usize = 64 * 1024;
+    let head = Bytes::from_static(br#"{"error":{"type":"invalid_request_error","message":""#);
+    let filler = Bytes::from(vec![b'x'; PIECE]);
+    let pieces = (HUGE_ERROR_BYTES - head.len()).div_ceil(PIECE);
+    let frames = async_stream::stream! {
+        let _guard = guard;
+        yield Ok::<_, io::Error>(Frame::data(head));
+        for _ in 0..pieces {
+            yield Ok(Frame::data(filler.clone()));
+        }
+    };
+    json_headers(status, StreamBody::new(frames).boxed_unsync())
+}
+
 fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<MockBody> {
     json_response(
         status,
@@ -923,6 +1020,11 @@ mod tests {
             "malformed:1",
             "no-done",
             "json",
+            "error-key:401",
+            "error-html:400",
+            "error-huge:422",
+            "cut:2",
+            "ignore-max-tokens",
         ] {
             let fault: Fault = spec.parse().unwrap();
             assert_eq!(fault.to_string(), spec);

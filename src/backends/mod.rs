@@ -11,6 +11,7 @@ pub mod http1_codec;
 pub mod http1_pool;
 pub mod openai;
 pub mod sse_parser;
+pub mod token_cap;
 pub mod wire_chunk;
 pub mod wire_delta;
 

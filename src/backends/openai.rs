@@ -10,15 +10,30 @@
 //! dashboard can tell a dead host (connect) from an overloaded one (first byte) from a stalled
 //! generation (idle). Failures before the response headers are `Err` from [`Backend::chat`] (the
 //! handler can still answer with a status, and routing can try elsewhere); failures after them are
-//! `Err` items that end the stream. A stream that ends without `data: [DONE]` is never a clean end:
-//! a truncated answer must not look like a complete one.
+//! `Err` items that end the stream.
+//!
+//! An upstream stream is complete once `data: [DONE]` arrived or every choice (`n` of them)
+//! delivered a `finish_reason`: after that the answer is whole, and what follows is at most the
+//! usage chunk and `[DONE]`. So a stream that then ends, fails or stalls ends cleanly (usage the
+//! upstream did not send is counted by the gateway), and once the usage chunk arrived it ends at
+//! once, without waiting for a `[DONE]` that may never come. A stream that ends or fails before
+//! it is complete is an error, never a clean end: a truncated answer must not look like a whole
+//! one.
+//!
+//! The client's `max_tokens` is held even where the upstream ignores it ([`super::token_cap`]).
 //!
 //! The stream owns the upstream response body, so dropping it (a client that went away) drops the
 //! upstream request at once: hyper closes an HTTP/1 connection whose body was not read to the end,
 //! and resets an HTTP/2 stream.
 //!
-//! The API key lives only in a header value marked sensitive; neither `Debug`, logs nor errors
-//! ever show it.
+//! The API key lives in a header value marked sensitive, and in a copy kept to take it out of an
+//! upstream's error message (an upstream that refuses a key often quotes it); neither `Debug`,
+//! logs nor errors ever show it.
+//!
+//! An error status's body is read up to [`MAX_ERROR_BODY`] and kept only as the `error` object it
+//! parses to ([`UpstreamError`]), never as bytes: a body over that size, cut short, or not in
+//! OpenAI's shape is dropped, and the client gets the gateway's own error for the status (see
+//! [`crate::error`]).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -41,21 +56,25 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 use tokio::time::{Instant, Sleep};
 
 use super::http1_pool::{DrivenBody, Http1Pool, SendError};
 use super::sse_parser::{Event, SseParser, DEFAULT_MAX_EVENT_BYTES};
+use super::token_cap::{cap_completion, TokenCap};
 use super::wire_chunk::{ChunkReader, WireChunk};
 use super::wire_delta::WireDelta;
 use super::{Backend, BackendRequest, ChatFuture, EventStream, Readiness};
 use crate::api::types::{BackendEvent, ChoiceDelta, StreamOptions};
 use crate::config::OpenAiConfig;
-use crate::error::{Error, Result, TimeoutPhase};
+use crate::error::{Error, Result, TimeoutPhase, UpstreamError};
 use crate::idle_timer::IdleTimer;
+use crate::limits::estimate_prompt_tokens;
 
 /// Upstream correlation, built at compile time rather than parsed per request.
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-/// The most of an upstream error body kept for the client; the rest is dropped.
+/// The most of an upstream error body read; a longer one is not parsed (its end is not seen), and
+/// the rest of it is never read.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The largest non-streaming completion accepted from an upstream that ignored `stream: true`.
 const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
@@ -77,6 +96,8 @@ pub struct OpenAiBackend {
     chat_uri: Uri,
     /// `Bearer <key>`, marked sensitive so it is never printed nor HPACK-indexed.
     auth: Option<HeaderValue>,
+    /// The key itself, taken out of upstream error messages.
+    key: Option<Arc<str>>,
     /// Host and port probed by [`Backend::readiness`].
     probe: (String, u16),
     max_event_bytes: usize,
@@ -112,8 +133,13 @@ struct SseEvents {
     pending: VecDeque<BackendEvent>,
     /// The failure to report once `pending` is empty.
     failure: Option<Error>,
-    /// `data: [DONE]` was seen: the stream ends cleanly after `pending`.
+    /// `data: [DONE]` was seen, or the answer is complete (see the module doc): the stream ends
+    /// cleanly after `pending`.
     done: bool,
+    /// How many choices the answer has (`n`).
+    choices: u32,
+    /// The choices below `choices` that delivered a finish reason, each once.
+    choices_finished: SmallVec<[u32; 1]>,
     /// Nothing more will be yielded.
     finished: bool,
     idle: IdleTimer,
@@ -195,6 +221,7 @@ impl OpenAiBackend {
 
         Ok(OpenAiBackend {
             name: Arc::from(name),
+            key: config.api_key.as_deref().map(Arc::from),
             config,
             transport,
             chat_uri,
@@ -262,6 +289,11 @@ impl Backend for OpenAiBackend {
     }
 
     fn chat(&self, req: BackendRequest) -> ChatFuture {
+        let choices = req.request.n.unwrap_or(1).max(1);
+        let cap = req
+            .request
+            .requested_max_tokens()
+            .map(|limit| (limit, estimate_prompt_tokens(&req.request)));
         let request = self.upstream_request(req);
         let transport = self.transport.clone();
         let backend = self.name.clone();
@@ -272,6 +304,7 @@ impl Backend for OpenAiBackend {
             config.total_timeout,
         );
         let max_event_bytes = self.max_event_bytes;
+        let key = self.key.clone();
         Box::pin(async move {
             let request = request?;
             let started = Instant::now();
@@ -293,8 +326,8 @@ impl Backend for OpenAiBackend {
                 return Err(status_error(
                     &backend,
                     parts.status,
-                    content_type,
                     body,
+                    key.as_deref(),
                     idle,
                     total_deadline,
                 )
@@ -308,29 +341,30 @@ impl Backend for OpenAiBackend {
                         ReadError::TooLarge => protocol(&backend, "the completion is too large"),
                         ReadError::Read(e) => body_error(&backend, &e),
                     })?;
-                let events = completion_events(&bytes)
+                let mut events = completion_events(&bytes)
                     .ok_or_else(|| protocol(&backend, "the completion is not valid JSON"))?;
+                if let Some((limit, _)) = cap {
+                    cap_completion(&mut events, limit);
+                }
                 let stream: EventStream = Box::pin(futures_util::stream::iter(
                     events.into_iter().map(Ok::<_, Error>),
                 ));
                 return Ok(stream);
             }
-            let stream: EventStream = Box::pin(SseEvents {
+            let stream: EventStream = Box::pin(SseEvents::new(
                 backend,
-                body: Some(body),
-                parser: SseParser::new(max_event_bytes),
-                chunks: ChunkReader::default(),
-                // Room for one: a stream that trickles (or idles) decodes one event per read, and
-                // the default first growth (four) would hold memory per open stream for nothing.
-                // A burst grows it once.
-                pending: VecDeque::with_capacity(1),
-                failure: None,
-                done: false,
-                finished: false,
-                idle: IdleTimer::new(idle),
-                total: Box::pin(tokio::time::sleep_until(total_deadline)),
-            });
-            Ok(stream)
+                Some(body),
+                max_event_bytes,
+                choices,
+                idle,
+                total_deadline,
+            ));
+            Ok(match cap {
+                Some((limit, prompt_estimate)) => {
+                    Box::pin(TokenCap::new(stream, limit, choices, prompt_estimate))
+                }
+                None => stream,
+            })
         })
     }
 
@@ -427,12 +461,66 @@ impl http_body::Body for UpstreamBody {
 // === impl SseEvents ===
 
 impl SseEvents {
+    fn new(
+        backend: Arc<str>,
+        body: Option<UpstreamBody>,
+        max_event_bytes: usize,
+        choices: u32,
+        idle: Duration,
+        total_deadline: Instant,
+    ) -> Self {
+        SseEvents {
+            backend,
+            body,
+            parser: SseParser::new(max_event_bytes),
+            chunks: ChunkReader::default(),
+            // Room for one: a stream that trickles (or idles) decodes one event per read, and
+            // the default first growth (four) would hold memory per open stream for nothing.
+            // A burst grows it once.
+            pending: VecDeque::with_capacity(1),
+            failure: None,
+            done: false,
+            choices,
+            choices_finished: SmallVec::new(),
+            finished: false,
+            idle: IdleTimer::new(idle),
+            total: Box::pin(tokio::time::sleep_until(total_deadline)),
+        }
+    }
+
     /// Records a failure: it is reported after the events already decoded, and ends the stream.
+    /// After a complete answer it only ends the stream.
     fn fail(&mut self, err: Error) {
         if self.failure.is_none() && !self.done {
-            self.failure = Some(err);
+            if self.complete() {
+                tracing::debug!(backend = %self.backend, error = %err, "upstream stream failed after a complete answer");
+                self.done = true;
+            } else {
+                self.failure = Some(err);
+            }
         }
         self.body = None;
+    }
+
+    /// Every choice delivered a finish reason.
+    fn complete(&self) -> bool {
+        self.choices_finished.len() >= self.choices as usize
+    }
+
+    /// Notes the finish reasons and usage of a chunk; the answer is done once it is complete and
+    /// the usage (asked for upstream, and sent after every finish reason) has arrived.
+    fn on_chunk(&mut self, chunk: &WireChunk) {
+        for c in &chunk.choices {
+            if c.finish_reason.is_some()
+                && c.index < self.choices
+                && !self.choices_finished.contains(&c.index)
+            {
+                self.choices_finished.push(c.index);
+            }
+        }
+        if chunk.usage.is_some() && self.complete() {
+            self.done = true;
+        }
     }
 
     /// Decodes one body chunk into `pending`.
@@ -469,7 +557,10 @@ impl SseEvents {
                 tracing::warn!(backend = %self.backend, "upstream sent an error object mid-stream");
                 self.fail(protocol(&self.backend, "the upstream reported an error"));
             }
-            Ok(chunk) => chunk_events(chunk, &mut self.pending),
+            Ok(chunk) => {
+                self.on_chunk(&chunk);
+                chunk_events(chunk, &mut self.pending);
+            }
             Err(e) => {
                 tracing::debug!(backend = %self.backend, error = %e, "malformed upstream chunk");
                 self.fail(protocol(&self.backend, "malformed JSON in an event"));
@@ -478,7 +569,7 @@ impl SseEvents {
     }
 
     /// At end of body: `[DONE]` must have been seen (a server that omits only the blank line after
-    /// it is forgiven); anything else is a truncated answer.
+    /// it is forgiven), or the answer be complete; anything else is a truncated answer.
     fn on_eof(&mut self) {
         self.body = None;
         match self.parser.finish() {
@@ -740,42 +831,43 @@ fn body_error(backend: &str, e: &UpstreamBodyError) -> Error {
     }
 }
 
-/// An `UpstreamStatus` with the start of the upstream's body, read within the idle and total
-/// deadlines. A body that cannot be read is replaced by what was read of it: the status is what
-/// matters.
+/// An `UpstreamStatus` with the upstream's error object, when its body (read within the idle and
+/// total deadlines) was whole, at most [`MAX_ERROR_BODY`] and OpenAI-shaped; `key` is taken out of
+/// it. A body that cannot be read whole is no error object: the status is what matters.
 async fn status_error(
     backend: &str,
     status: StatusCode,
-    content_type: Option<HeaderValue>,
     body: UpstreamBody,
+    key: Option<&str>,
     idle: Duration,
     total_deadline: Instant,
 ) -> Error {
-    let mut kept = BytesMut::new();
-    let mut body = body;
-    let read = async {
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(data) = frame.data_ref() {
-                let room = MAX_ERROR_BODY - kept.len();
-                kept.extend_from_slice(&data[..data.len().min(room)]);
-                if kept.len() >= MAX_ERROR_BODY {
-                    break;
-                }
-            }
-        }
-    };
     let deadline = (Instant::now() + idle).min(total_deadline);
-    let _ = tokio::time::timeout_at(deadline, read).await;
+    let whole = match read_body(body, MAX_ERROR_BODY, idle, deadline).await {
+        Ok(bytes) => Some(bytes),
+        Err(ReadError::TooLarge) => {
+            tracing::debug!(
+                backend,
+                "upstream error body over the size kept; not parsed"
+            );
+            None
+        }
+        Err(ReadError::Timeout(_) | ReadError::Read(_)) => None,
+    };
+    let upstream = whole
+        .as_deref()
+        .and_then(UpstreamError::parse)
+        .map(|u| Box::new(u.without(key.unwrap_or_default())));
     tracing::debug!(
         backend,
         status = status.as_u16(),
+        openai_shaped = upstream.is_some(),
         "upstream answered with an error status"
     );
     Error::UpstreamStatus {
         backend: backend.to_owned(),
         status,
-        body: kept.freeze(),
-        content_type,
+        upstream,
     }
 }
 
@@ -893,6 +985,52 @@ mod tests {
         assert!(has_io_kind(&timed_out, std::io::ErrorKind::TimedOut));
         assert!(!has_io_kind(&refused, std::io::ErrorKind::TimedOut));
         assert_eq!(chain(&refused), "outer: x");
+    }
+
+    /// The events of `bytes` for an answer of `choices`, and whether its end was clean.
+    fn events_at_eof(choices: u32, bytes: &str) -> (usize, bool) {
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut s = SseEvents::new(
+            Arc::from("b"),
+            None,
+            1 << 20,
+            choices,
+            far - Instant::now(),
+            far,
+        );
+        s.on_bytes(bytes.as_bytes());
+        if !s.done {
+            s.on_eof();
+        }
+        (s.pending.len(), s.failure.is_none() && s.done)
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_complete_once_every_choice_finished() {
+        let text = |i: u32| {
+            format!("data: {{\"choices\":[{{\"index\":{i},\"delta\":{{\"content\":\"a\"}}}}]}}\n\n")
+        };
+        let finish = |i: u32| {
+            format!("data: {{\"choices\":[{{\"index\":{i},\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n")
+        };
+        let usage =
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+        // One choice: its finish reason completes the answer, with or without usage after it.
+        assert_eq!(events_at_eof(1, &(text(0) + &finish(0))), (2, true));
+        assert_eq!(events_at_eof(1, &(text(0) + &finish(0) + usage)), (3, true));
+        assert_eq!(events_at_eof(1, &text(0)), (1, false));
+        // Two choices: both must finish; the same choice finishing twice, or a choice beyond
+        // `n`, does not count for another.
+        let both = text(0) + &text(1) + &finish(0) + &finish(1);
+        assert_eq!(events_at_eof(2, &both), (4, true));
+        assert!(!events_at_eof(2, &(text(0) + &finish(0) + &finish(0))).1);
+        assert!(!events_at_eof(2, &(finish(0) + &finish(2))).1);
+        // Usage before every choice finished does not end the stream.
+        let (_, clean) = events_at_eof(2, &(finish(0).clone() + usage));
+        assert!(!clean);
+        // Usage after a complete answer ends it at once: later events are not read.
+        let (n, clean) = events_at_eof(1, &(finish(0) + usage + &text(0)));
+        assert_eq!((n, clean), (2, true));
     }
 
     #[test]

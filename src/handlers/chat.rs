@@ -201,7 +201,8 @@ where
         {
             record.backend = backend.clone();
         }
-    })?;
+    });
+    let opened = opened.map_err(|e| redact_upstream_error(state, &guard_ctx, e))?;
     record.backend = opened.backend.clone();
     let headers = GatewayHeaders {
         rate,
@@ -244,6 +245,28 @@ async fn check_input(
     tokio::task::spawn_blocking(move || g.check_input(&mut request, &ctx).map(|_| request))
         .await
         .map_err(|e| Error::Internal(format!("input guardrail task: {e}")))?
+}
+
+/// An upstream's own error message reaches the client only through the output policy: redacted
+/// as an answer would be, or replaced by the gateway's own message when a rule blocks it.
+fn redact_upstream_error(state: &AppState, ctx: &Ctx, mut err: Error) -> Error {
+    let Some(g) = &state.guardrails else {
+        return err;
+    };
+    err.redact_upstream_message(|message| {
+        let mut scanner = g.output_scanner(ctx);
+        let mut out = scanner.push(message);
+        if out.blocked {
+            return None;
+        }
+        let end = scanner.finish();
+        if end.blocked {
+            return None;
+        }
+        out.release.push_str(&end.release);
+        Some(out.release)
+    });
+    err
 }
 
 /// Prompt tokens for admission: counted with the model's own tokenizer when a token limit applies

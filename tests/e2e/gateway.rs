@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::common::*;
 use serde_json::json;
-use sluice::error::TimeoutPhase;
+use sluice::error::{TimeoutPhase, UpstreamError};
 use sluice::Error;
 use tokio::sync::Notify;
 
@@ -171,8 +171,8 @@ async fn errors_before_first_byte_map_to_statuses() {
             Error::UpstreamStatus {
                 backend: "b".into(),
                 status: http::StatusCode::INTERNAL_SERVER_ERROR,
-                body: bytes::Bytes::from_static(b"secret internals"),
-                content_type: None,
+                upstream: UpstreamError::parse(br#"{"error":{"message":"secret internals"}}"#)
+                    .map(Box::new),
             },
             502,
             "upstream_error",
@@ -193,13 +193,11 @@ async fn errors_before_first_byte_map_to_statuses() {
                 Error::UpstreamStatus {
                     backend,
                     status,
-                    body,
-                    content_type,
+                    upstream,
                 } => Error::UpstreamStatus {
                     backend: backend.clone(),
                     status: *status,
-                    body: body.clone(),
-                    content_type: content_type.clone(),
+                    upstream: upstream.clone(),
                 },
                 _ => unreachable!(),
             };
@@ -222,8 +220,7 @@ async fn upstream_4xx_body_is_passed_through() {
         vec![Script::Refuse(Error::UpstreamStatus {
             backend: "b".into(),
             status: http::StatusCode::UNPROCESSABLE_ENTITY,
-            body: bytes::Bytes::from_static(br#"{"error":{"message":"bad tool","type":"invalid_request_error","param":"tools","code":null}}"#),
-            content_type: Some(http::HeaderValue::from_static("application/json")),
+            upstream: UpstreamError::parse(br#"{"error":{"message":"bad tool","type":"invalid_request_error","param":"tools","code":null}}"#).map(Box::new),
         })],
     );
     let gw = TestGateway::scripted(backend).await;

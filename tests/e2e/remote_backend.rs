@@ -230,25 +230,74 @@ async fn upstream_5xx_is_an_upstream_status_before_the_first_event() {
 }
 
 #[tokio::test]
-async fn upstream_4xx_keeps_its_body_and_content_type() {
+async fn upstream_4xx_keeps_its_openai_error_fields() {
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let b = backend(config(&mock.base_url()));
     let req = faulty("status:422");
     let err = b.chat(req).await.err().unwrap();
     let Error::UpstreamStatus {
-        status,
-        body,
-        content_type,
-        ..
+        status, upstream, ..
     } = &err
     else {
         panic!("{err:?}")
     };
     assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(content_type.as_ref().unwrap(), "application/json");
-    let body: Value = serde_json::from_slice(body).unwrap();
-    assert_eq!(body["error"]["message"], "mock fault: status 422");
+    let upstream = upstream.as_deref().expect("an OpenAI-shaped body");
+    assert_eq!(upstream.message, "mock fault: status 422");
+    assert_eq!(upstream.kind, "invalid_request_error");
     assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// The error a request with `fault` ends in, from a backend holding `key`, over HTTP/1.1 or h2c.
+async fn status_error(fault: &str, key: Option<&str>, http2_only: bool) -> Error {
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let mut cfg = config(&mock.base_url());
+    cfg.api_key = key.map(str::to_owned);
+    cfg.http2_only = http2_only;
+    let err = tokio::time::timeout(NEVER, backend(cfg).chat(faulty(fault)))
+        .await
+        .expect("the error body was not read in time")
+        .err()
+        .unwrap();
+    tokio::time::timeout(NEVER, mock.wait_in_flight(0))
+        .await
+        .expect("the upstream response was not released");
+    err
+}
+
+fn upstream_of(err: &Error) -> Option<&sluice::error::UpstreamError> {
+    match err {
+        Error::UpstreamStatus { upstream, .. } => upstream.as_deref(),
+        _ => panic!("{err:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_backend_key_is_taken_out_of_an_upstream_error_on_both_transports() {
+    for http2_only in [false, true] {
+        let err = status_error("error-key:400", Some("sk-very-secret"), http2_only).await;
+        let upstream = upstream_of(&err).expect("an OpenAI-shaped body");
+        assert!(
+            upstream
+                .message
+                .starts_with("Incorrect API key provided: [REDACTED]."),
+            "{}",
+            upstream.message
+        );
+        assert!(!format!("{err:?}").contains("sk-very-secret"));
+        assert!(!String::from_utf8_lossy(&err.to_json()).contains("sk-very-secret"));
+    }
+}
+
+#[tokio::test]
+async fn html_and_oversized_error_bodies_are_not_kept_on_both_transports() {
+    for http2_only in [false, true] {
+        for fault in ["error-html:400", "error-huge:400"] {
+            let err = status_error(fault, None, http2_only).await;
+            assert!(upstream_of(&err).is_none(), "{fault} h2={http2_only}");
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        }
+    }
 }
 
 #[tokio::test]
@@ -359,12 +408,31 @@ async fn malformed_json_is_a_protocol_error_item() {
 }
 
 #[tokio::test]
-async fn a_stream_without_done_is_never_a_clean_end() {
+async fn a_stream_whose_choice_finished_is_complete_without_done() {
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
-    let (events, err) = with_fault("no-done", config(&mock.base_url())).await;
-    assert_eq!(text(&events), mock.config().answer_text());
-    assert!(usage(&events).is_some());
-    assert!(matches!(err, Some(Error::UpstreamClosed { .. })), "{err:?}");
+    for http2_only in [false, true] {
+        let mut cfg = config(&mock.base_url());
+        cfg.http2_only = http2_only;
+        let (events, err) = with_fault("no-done", cfg).await;
+        assert!(err.is_none(), "h2={http2_only}: {err:?}");
+        assert_eq!(text(&events), mock.config().answer_text());
+        assert!(usage(&events).is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_stream_cut_before_its_finish_reason_is_never_a_clean_end() {
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    for http2_only in [false, true] {
+        let mut cfg = config(&mock.base_url());
+        cfg.http2_only = http2_only;
+        let (events, err) = with_fault("cut:2", cfg).await;
+        assert!(!text(&events).is_empty());
+        assert!(
+            matches!(err, Some(Error::UpstreamClosed { .. })),
+            "h2={http2_only}: {err:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -480,4 +548,32 @@ async fn max_tokens_reaches_the_upstream() {
         deltas(&events).last().unwrap().finish_reason.as_deref(),
         Some("length")
     );
+}
+
+#[tokio::test]
+async fn max_tokens_holds_against_an_upstream_that_ignores_it() {
+    let mock = MockUpstream::start(MockConfig {
+        tokens: Some(50),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    for http2_only in [false, true] {
+        let mut cfg = config(&mock.base_url());
+        cfg.http2_only = http2_only;
+        let mut req = faulty("ignore-max-tokens");
+        req.request.max_tokens = Some(5);
+        let (events, err) = drain(backend(cfg).chat(req).await.unwrap()).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(text(&events), mock.config().answer_tokens()[..5].concat());
+        let finishes: Vec<_> = deltas(&events)
+            .iter()
+            .filter_map(|d| d.finish_reason.as_deref())
+            .collect();
+        assert_eq!(finishes, ["length"]);
+        assert_eq!(usage(&events).unwrap().completion_tokens, 5);
+        tokio::time::timeout(NEVER, mock.wait_in_flight(0))
+            .await
+            .expect("the upstream request was not dropped at the cut");
+    }
 }
