@@ -29,6 +29,10 @@ use crate::stack;
 use crate::state::AppState;
 use crate::workers::Workers;
 
+mod h1;
+
+use h1::H1Service;
+
 /// How long connections get to close after the hard stop, before the server returns anyway.
 const CLOSE_AFTER_HARD_STOP: Duration = Duration::from_secs(5);
 
@@ -298,7 +302,9 @@ async fn serve_connection<S>(
                 watcher.watch(conn).await
             }
             _ => {
-                let conn = protocols.h1.serve_connection(TokioIo::new(io), service);
+                let conn = protocols
+                    .h1
+                    .serve_connection(TokioIo::new(io), H1Service::new(service));
                 watcher.watch(conn).await
             }
         },

@@ -18,4 +18,5 @@ mod keys_limits;
 mod local_model;
 mod remote_backend;
 mod routing;
+mod slow_clients;
 mod upstream_faults;
