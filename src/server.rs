@@ -17,14 +17,17 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus::IntCounter;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::backends::Backends;
 use crate::config::Config;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, ShutdownSignal};
-use crate::sniff::{sniff, Protocol};
+use crate::sniff::{sniff, Protocol, Sniff, Sniffed, LINGER_TIME};
 use crate::stack;
 use crate::state::AppState;
 use crate::workers::Workers;
@@ -113,6 +116,7 @@ impl Gateway {
             h1,
             h2,
             sniff_timeout: server.header_read_timeout,
+            head_timeouts: state.metrics.client_timeouts.with_label_values(&["head"]),
         });
         let graceful = GracefulShutdown::new();
         let cap = Arc::new(Semaphore::new(server.max_connections));
@@ -189,6 +193,53 @@ impl Gateway {
     }
 }
 
+/// Serves HTTP/1.1 on `io` until the connection ends, shutting it down gracefully once the server
+/// drains.
+async fn serve_h1<S>(
+    h1: &http1::Builder,
+    io: &mut Sniffed,
+    service: S,
+    signal: &ShutdownSignal,
+) -> hyper::Result<()>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::api::body::Body>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = h1.serve_connection(TokioIo::new(io), H1Service::new(service));
+    tokio::pin!(conn);
+    tokio::select! {
+        biased;
+        result = conn.as_mut() => return result,
+        () = signal.drained() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+/// Answers a client whose request head did not arrive in time with a 408 it can read, then closes
+/// the connection the lingering way. Bounded: a client that does not read gets at most
+/// [`LINGER_TIME`] for the answer to leave.
+async fn answer_head_timeout(io: &mut Sniffed, peer: SocketAddr) {
+    let json = Error::RequestTimeout { part: "headers" }.to_json();
+    let mut answer = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        json.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&json);
+    tracing::debug!(%peer, "request head not received in time");
+    let sent = tokio::time::timeout(LINGER_TIME, io.write_all(&answer)).await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = io.shutdown().await;
+    }
+}
+
 /// How connections are served once their protocol is known.
 struct Protocols {
     h1: http1::Builder,
@@ -196,6 +247,8 @@ struct Protocols {
     h2: Option<http2::Builder<TokioExecutor>>,
     /// How long a new connection has to send its first bytes.
     sniff_timeout: Duration,
+    /// `sluice_client_read_timeouts_total{phase="head"}`, resolved once.
+    head_timeouts: IntCounter,
 }
 
 /// Accepts connections until the future is dropped, and hands each to a worker.
@@ -283,29 +336,45 @@ async fn serve_connection<S>(
     S::Future: Send + 'static,
 {
     let sniffed = tokio::select! {
-        s = tokio::time::timeout(protocols.sniff_timeout, sniff(stream)) => s,
+        s = sniff(stream, protocols.sniff_timeout) => s,
         // Nothing was asked on it yet, so closing it loses nothing.
         () = signal.drained() => return,
     };
     let result = match sniffed {
-        Err(_) => {
-            tracing::debug!(%peer, "connection sent nothing in time");
-            Ok(())
-        }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::debug!(%peer, error = %e, "connection ended before its first request");
             Ok(())
         }
-        Ok(Ok((protocol, io))) => match (protocol, &protocols.h2) {
+        Ok(Sniff::Stalled(io)) if io.is_empty() => {
+            tracing::debug!(%peer, "connection sent nothing in time");
+            Ok(())
+        }
+        Ok(Sniff::Stalled(mut io)) => {
+            protocols.head_timeouts.inc();
+            answer_head_timeout(&mut io, peer).await;
+            Ok(())
+        }
+        Ok(Sniff::Known(protocol, mut io)) => match (protocol, &protocols.h2) {
             (Protocol::Http2, Some(h2)) => {
                 let conn = h2.serve_connection(TokioIo::new(io), service);
                 watcher.watch(conn).await
             }
             _ => {
-                let conn = protocols
-                    .h1
-                    .serve_connection(TokioIo::new(io), H1Service::new(service));
-                watcher.watch(conn).await
+                // The connection is lent to hyper rather than given, so that a head hyper gave
+                // up on can still be answered on it. Being borrowed, it cannot go through the
+                // watcher, which takes only connections that own their IO: the watcher is held
+                // (the server's shutdown waits for it) and the drain is watched in `serve_h1`.
+                let _counted = watcher;
+                match serve_h1(&protocols.h1, &mut io, service, signal).await {
+                    // hyper's `header_read_timeout` runs only once a head has begun: the client
+                    // started a request and stalled, and can read why it is cut off.
+                    Err(e) if e.is_timeout() => {
+                        protocols.head_timeouts.inc();
+                        answer_head_timeout(&mut io, peer).await;
+                        Ok(())
+                    }
+                    other => other,
+                }
             }
         },
     };

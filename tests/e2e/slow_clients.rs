@@ -239,3 +239,73 @@ async fn a_body_sent_in_pieces_at_a_fair_pace_is_served() {
     assert!(!reply.closes());
     gw.idle().await;
 }
+
+// === head deadline ===
+
+async fn slow_head_gateway() -> TestGateway {
+    TestGateway::start(
+        &scripted_config("header_read_timeout = \"100ms\""),
+        vec![ScriptedBackend::new("b", vec![])],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_stalled_head_is_answered_408_before_the_close() {
+    let gw = slow_head_gateway().await;
+    let mut s = connect(&gw).await;
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let reply = read_reply(&mut s).await;
+    reply.assert_error(408, "invalid_request_error", "request_timeout");
+    assert!(reply.closes(), "{}", reply.head);
+    assert_closed(&mut s).await;
+    assert!(metric(
+        &gw,
+        "sluice_client_read_timeouts_total{phase=\"head\"} 1"
+    ));
+}
+
+#[tokio::test]
+async fn a_stalled_second_head_on_a_kept_alive_connection_is_answered_408() {
+    let gw = slow_head_gateway().await;
+    let mut s = connect(&gw).await;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut s).await.status, 200);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+    let reply = read_reply(&mut s).await;
+    reply.assert_error(408, "invalid_request_error", "request_timeout");
+    assert!(reply.closes(), "{}", reply.head);
+    assert_closed(&mut s).await;
+}
+
+#[tokio::test]
+async fn a_head_stalled_within_its_first_bytes_is_answered_408() {
+    let gw = slow_head_gateway().await;
+    let mut s = connect(&gw).await;
+    // "P" could still be the h2c preface: the stall comes while the protocol is being told.
+    s.write_all(b"P").await.unwrap();
+    read_reply(&mut s)
+        .await
+        .assert_error(408, "invalid_request_error", "request_timeout");
+    assert_closed(&mut s).await;
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_without_an_answer() {
+    let gw = slow_head_gateway().await;
+    let mut s = connect(&gw).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut got))
+        .await
+        .expect("the silent connection was kept open")
+        .unwrap();
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(!metric(
+        &gw,
+        "sluice_client_read_timeouts_total{phase=\"head\"} 1"
+    ));
+}
