@@ -210,7 +210,8 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let conn = h1.serve_connection(TokioIo::new(io), H1Service::new(service));
+    let report = io.follow_heads();
+    let conn = h1.serve_connection(TokioIo::new(io), H1Service::new(service, report));
     tokio::pin!(conn);
     tokio::select! {
         biased;

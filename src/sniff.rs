@@ -14,16 +14,27 @@
 //! reset, which may destroy the response the client has not read yet. So a shutdown first ends
 //! the write side (FIN after the response), then reads and discards what the client still sends
 //! until it closes, for at most [`LINGER_TIME`] and [`LINGER_BYTES`] (nginx's lingering close).
+//!
+//! On HTTP/1.1 the wrapper also follows the request framing on every byte it hands hyper
+//! ([`framing`]), because it is the one place a head's bytes are seen: heads that hyper accepts
+//! but RFC 9112 lets a server refuse (bare-LF line ends, a `Transfer-Encoding` other than one
+//! `chunked`) are reported to the connection's service, which refuses them.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+
+mod framing;
+
+use framing::Framing;
+pub use framing::{HeadReport, Verdict};
 
 /// How long a closing connection keeps reading what its client still sends.
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
@@ -62,6 +73,8 @@ pub struct Sniffed {
     deferred: Option<io::Error>,
     /// Set once the write side was shut down: the lingering read's deadline and count.
     linger: Option<Linger>,
+    /// On HTTP/1.1: the request framing, followed on every byte handed to hyper.
+    framing: Option<Framing>,
 }
 
 #[derive(Debug)]
@@ -101,6 +114,7 @@ pub async fn sniff(mut stream: TcpStream, within: Duration) -> io::Result<Sniff>
         len,
         deferred: None,
         linger: None,
+        framing: None,
     };
     Ok(match protocol {
         Some(protocol) => Sniff::Known(protocol, io),
@@ -115,6 +129,39 @@ impl Sniffed {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Follows the HTTP/1.1 request heads read from here on (the sniffed bytes included), and
+    /// reports what they hold that must be refused ([`framing`]).
+    pub fn follow_heads(&mut self) -> Arc<HeadReport> {
+        let (framing, report) = Framing::new();
+        self.framing = Some(framing);
+        report
+    }
+
+    fn poll_read_unchecked(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.deferred.take() {
+            return Poll::Ready(Err(e));
+        }
+        if self.pos == self.len {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let rest = &self.head[self.pos..self.len];
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..n]);
+        self.pos += n;
+        if self.pos == self.len && buf.remaining() > 0 {
+            // Whatever has arrived behind the sniffed bytes comes in the same read. Pending only
+            // registers the waker; what was copied is returned either way.
+            if let Poll::Ready(Err(e)) = Pin::new(&mut self.inner).poll_read(cx, buf) {
+                self.deferred = Some(e);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl AsyncRead for Sniffed {
@@ -124,24 +171,12 @@ impl AsyncRead for Sniffed {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(e) = this.deferred.take() {
-            return Poll::Ready(Err(e));
+        let before = buf.filled().len();
+        let read = this.poll_read_unchecked(cx, buf);
+        if let (Some(framing), Poll::Ready(Ok(()))) = (&mut this.framing, &read) {
+            framing.feed(&buf.filled()[before..]);
         }
-        if this.pos == this.len {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        let rest = &this.head[this.pos..this.len];
-        let n = rest.len().min(buf.remaining());
-        buf.put_slice(&rest[..n]);
-        this.pos += n;
-        if this.pos == this.len && buf.remaining() > 0 {
-            // Whatever has arrived behind the sniffed bytes comes in the same read. Pending only
-            // registers the waker; what was copied is returned either way.
-            if let Poll::Ready(Err(e)) = Pin::new(&mut this.inner).poll_read(cx, buf) {
-                this.deferred = Some(e);
-            }
-        }
-        Poll::Ready(Ok(()))
+        read
     }
 }
 

@@ -59,59 +59,75 @@ impl RawReply {
     }
 }
 
-/// Reads one response (head, then a `content-length` body), failing after [`PATIENCE`].
-async fn read_reply(s: &mut (impl AsyncReadExt + Unpin)) -> RawReply {
-    tokio::time::timeout(PATIENCE, async {
-        let mut buf = Vec::new();
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).await.expect("reading the response");
-            assert!(
-                n > 0,
-                "connection closed before a response: {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let status = head[9..12].parse().expect("a status code");
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .map_or(0, |v| v.trim().parse().expect("a content length"));
-        let mut body = buf[head_end..].to_vec();
-        while body.len() < len {
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).await.expect("reading the body");
-            assert!(n > 0, "connection closed inside the body");
-            body.extend_from_slice(&chunk[..n]);
-        }
-        RawReply { status, head, body }
-    })
-    .await
-    .expect("no response in time")
+/// One connection to the gateway, read one response at a time: what arrives past a response
+/// (the next pipelined one) is kept for the next read.
+struct Wire<R> {
+    io: R,
+    buf: Vec<u8>,
 }
 
-/// Waits until the gateway has closed its side of the connection, discarding what arrives.
-async fn assert_closed(s: &mut (impl AsyncReadExt + Unpin)) {
-    tokio::time::timeout(PATIENCE, async {
+impl<R: AsyncReadExt + Unpin> Wire<R> {
+    fn new(io: R) -> Self {
+        Wire {
+            io,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads more into the buffer; false at the end of the stream.
+    async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 4096];
-        loop {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+        let n = self.io.read(&mut chunk).await.unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Reads one response (head, then a `content-length` body), failing after [`PATIENCE`].
+    async fn reply(&mut self) -> RawReply {
+        tokio::time::timeout(PATIENCE, async {
+            let head_end = loop {
+                if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                assert!(
+                    self.fill().await,
+                    "connection closed before a response: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            };
+            let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+            let status = head[9..12].parse().expect("a status code");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().expect("a content length"));
+            while self.buf.len() < head_end + len {
+                assert!(self.fill().await, "connection closed inside the body");
             }
-        }
-    })
-    .await
-    .expect("the gateway kept the connection open");
+            let body = self.buf[head_end..head_end + len].to_vec();
+            self.buf.drain(..head_end + len);
+            RawReply { status, head, body }
+        })
+        .await
+        .expect("no response in time")
+    }
+
+    /// Waits until the gateway has closed its side of the connection, discarding what arrives.
+    async fn closed(&mut self) {
+        tokio::time::timeout(PATIENCE, async { while self.fill().await {} })
+            .await
+            .expect("the gateway kept the connection open");
+    }
 }
 
-async fn connect(gw: &TestGateway) -> TcpStream {
-    TcpStream::connect(gw.addr).await.unwrap()
+impl Wire<TcpStream> {
+    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.io.write_all(bytes.as_ref()).await.unwrap();
+    }
+}
+
+async fn connect(gw: &TestGateway) -> Wire<TcpStream> {
+    Wire::new(TcpStream::connect(gw.addr).await.unwrap())
 }
 
 fn metric(gw: &TestGateway, line: &str) -> bool {
@@ -134,7 +150,8 @@ async fn slow_body_gateway(extra: &str) -> TestGateway {
 #[tokio::test]
 async fn a_trickled_body_is_answered_408_and_the_connection_closed() {
     let gw = slow_body_gateway("").await;
-    let (mut rx, mut tx) = connect(&gw).await.into_split();
+    let (rx, mut tx) = connect(&gw).await.io.into_split();
+    let mut rx = Wire::new(rx);
     let len = 200;
     tx.write_all(post_head(len).as_bytes()).await.unwrap();
     // One byte every 50 ms: each gap is well inside the 200 ms between reads, so only the
@@ -149,10 +166,10 @@ async fn a_trickled_body_is_answered_408_and_the_connection_closed() {
         }
         len
     });
-    let reply = read_reply(&mut rx).await;
+    let reply = rx.reply().await;
     reply.assert_error(408, "invalid_request_error", "request_timeout");
     assert!(reply.closes(), "{}", reply.head);
-    assert_closed(&mut rx).await;
+    rx.closed().await;
     drop(rx);
     let sent = trickle.await.unwrap();
     assert!(sent < len, "the answer came only after the whole body");
@@ -168,14 +185,12 @@ async fn a_body_shorter_than_its_content_length_is_answered_408() {
     let gw = slow_body_gateway("").await;
     let mut s = connect(&gw).await;
     let body = chat_json();
-    s.write_all(post_head(body.len() + 10).as_bytes())
-        .await
-        .unwrap();
-    s.write_all(body.as_bytes()).await.unwrap();
-    let reply = read_reply(&mut s).await;
+    s.send(post_head(body.len() + 10)).await;
+    s.send(body).await;
+    let reply = s.reply().await;
     reply.assert_error(408, "invalid_request_error", "request_timeout");
     assert!(reply.closes(), "{}", reply.head);
-    assert_closed(&mut s).await;
+    s.closed().await;
     gw.idle().await;
     assert!(metric(
         &gw,
@@ -190,8 +205,8 @@ async fn slow_bodies_do_not_hold_the_connection_slots() {
     let mut stalled = Vec::new();
     for _ in 0..2 {
         let mut s = connect(&gw).await;
-        s.write_all(post_head(100).as_bytes()).await.unwrap();
-        s.write_all(b"{\"model\"").await.unwrap();
+        s.send(post_head(100)).await;
+        s.send(b"{\"model\"").await;
         stalled.push(s);
     }
     // Both are accepted and their requests in flight before the well-behaved client comes.
@@ -207,7 +222,7 @@ async fn slow_bodies_do_not_hold_the_connection_slots() {
         .expect("a well-behaved client waited behind stalled uploads");
     assert_eq!(served.status, 200, "{}", served.text());
     for s in &mut stalled {
-        read_reply(s)
+        s.reply()
             .await
             .assert_error(408, "invalid_request_error", "request_timeout");
     }
@@ -223,13 +238,12 @@ async fn a_body_sent_in_pieces_at_a_fair_pace_is_served() {
     let gw = slow_body_gateway("").await;
     let mut s = connect(&gw).await;
     let body = chat_json();
-    s.write_all(post_head(body.len()).as_bytes()).await.unwrap();
+    s.send(post_head(body.len())).await;
     let (a, b) = body.as_bytes().split_at(body.len() / 2);
-    s.write_all(a).await.unwrap();
-    s.flush().await.unwrap();
+    s.send(a).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    s.write_all(b).await.unwrap();
-    let reply = read_reply(&mut s).await;
+    s.send(b).await;
+    let reply = s.reply().await;
     assert_eq!(
         reply.status,
         200,
@@ -254,13 +268,12 @@ async fn slow_head_gateway() -> TestGateway {
 async fn a_stalled_head_is_answered_408_before_the_close() {
     let gw = slow_head_gateway().await;
     let mut s = connect(&gw).await;
-    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let reply = read_reply(&mut s).await;
+    s.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await;
+    let reply = s.reply().await;
     reply.assert_error(408, "invalid_request_error", "request_timeout");
     assert!(reply.closes(), "{}", reply.head);
-    assert_closed(&mut s).await;
+    s.closed().await;
     assert!(metric(
         &gw,
         "sluice_client_read_timeouts_total{phase=\"head\"} 1"
@@ -271,15 +284,13 @@ async fn a_stalled_head_is_answered_408_before_the_close() {
 async fn a_stalled_second_head_on_a_kept_alive_connection_is_answered_408() {
     let gw = slow_head_gateway().await;
     let mut s = connect(&gw).await;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_reply(&mut s).await.status, 200);
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
-    let reply = read_reply(&mut s).await;
+    s.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(s.reply().await.status, 200);
+    s.send(b"GET /healthz HTTP/1.1\r\nHo").await;
+    let reply = s.reply().await;
     reply.assert_error(408, "invalid_request_error", "request_timeout");
     assert!(reply.closes(), "{}", reply.head);
-    assert_closed(&mut s).await;
+    s.closed().await;
 }
 
 #[tokio::test]
@@ -287,11 +298,11 @@ async fn a_head_stalled_within_its_first_bytes_is_answered_408() {
     let gw = slow_head_gateway().await;
     let mut s = connect(&gw).await;
     // "P" could still be the h2c preface: the stall comes while the protocol is being told.
-    s.write_all(b"P").await.unwrap();
-    read_reply(&mut s)
+    s.send(b"P").await;
+    s.reply()
         .await
         .assert_error(408, "invalid_request_error", "request_timeout");
-    assert_closed(&mut s).await;
+    s.closed().await;
 }
 
 #[tokio::test]
@@ -299,7 +310,7 @@ async fn a_connection_that_sends_nothing_is_closed_without_an_answer() {
     let gw = slow_head_gateway().await;
     let mut s = connect(&gw).await;
     let mut got = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut got))
+    tokio::time::timeout(PATIENCE, s.io.read_to_end(&mut got))
         .await
         .expect("the silent connection was kept open")
         .unwrap();
@@ -308,4 +319,137 @@ async fn a_connection_that_sends_nothing_is_closed_without_an_answer() {
         &gw,
         "sluice_client_read_timeouts_total{phase=\"head\"} 1"
     ));
+}
+
+// === framing refused ===
+
+/// A chunked body of `json` in two chunks.
+fn chunked_body(json: &str) -> String {
+    let (a, b) = json.split_at(json.len() / 2);
+    format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len())
+}
+
+/// Sends `request` on a fresh connection and expects a 400 with `code` that closes it.
+async fn assert_refused(gw: &TestGateway, request: &str, code: &str) {
+    let mut s = connect(gw).await;
+    s.send(request).await;
+    let reply = s.reply().await;
+    reply.assert_error(400, "invalid_request_error", code);
+    assert!(reply.closes(), "{request:?}: {}", reply.head);
+    s.closed().await;
+}
+
+fn chunked_post(transfer_encoding: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         {transfer_encoding}\r\n\r\n{}",
+        chunked_body(&chat_json())
+    )
+}
+
+#[tokio::test]
+async fn transfer_encodings_other_than_one_chunked_are_refused() {
+    let gw = TestGateway::scripted(ScriptedBackend::new("b", vec![])).await;
+    for te in [
+        "transfer-encoding: identity, chunked",
+        "Transfer-Encoding: chunked, chunked",
+        "transfer-encoding: chunked\r\ntransfer-encoding: chunked",
+    ] {
+        assert_refused(&gw, &chunked_post(te), "invalid_transfer_encoding").await;
+    }
+    gw.idle().await;
+}
+
+#[tokio::test]
+async fn transfer_encoding_beside_content_length_is_refused() {
+    let gw = TestGateway::scripted(ScriptedBackend::new("b", vec![])).await;
+    let body = chunked_body(&chat_json());
+    for te_cl in [
+        format!(
+            "transfer-encoding: chunked\r\ncontent-length: {}",
+            body.len()
+        ),
+        format!(
+            "content-length: {}\r\ntransfer-encoding: chunked",
+            body.len()
+        ),
+    ] {
+        assert_refused(&gw, &chunked_post(&te_cl), "invalid_transfer_encoding").await;
+    }
+}
+
+#[tokio::test]
+async fn a_head_with_a_bare_lf_is_refused() {
+    let gw = TestGateway::scripted(ScriptedBackend::new("b", vec![])).await;
+    let body = chat_json();
+    let bare = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_refused(&gw, &bare, "invalid_line_ending").await;
+    assert_refused(
+        &gw,
+        "GET /healthz HTTP/1.1\nhost: x\n\n",
+        "invalid_line_ending",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_bare_lf_in_a_later_head_on_a_kept_alive_connection_is_refused() {
+    let gw = TestGateway::scripted(ScriptedBackend::new("b", vec![])).await;
+    let mut s = connect(&gw).await;
+    // The first body holds bare LFs of its own (pretty-printed JSON): bytes of a body are not a
+    // head, and the reader must know where the body ends.
+    let pretty = serde_json::to_string_pretty(&serde_json::json!({
+        "model": "m", "messages": [{"role": "user", "content": "hi"}],
+    }))
+    .unwrap();
+    assert!(pretty.contains('\n'));
+    s.send(format!("{}{pretty}", post_head(pretty.len()))).await;
+    let first = s.reply().await;
+    assert_eq!(
+        first.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert!(!first.closes());
+    s.send(b"GET /healthz HTTP/1.1\r\nhost: x\n\r\n").await;
+    let second = s.reply().await;
+    second.assert_error(400, "invalid_request_error", "invalid_line_ending");
+    assert!(second.closes());
+    s.closed().await;
+}
+
+#[tokio::test]
+async fn chunked_and_sized_requests_pipelined_on_one_connection_are_all_served() {
+    let gw = TestGateway::scripted(ScriptedBackend::new("b", vec![])).await;
+    let mut s = connect(&gw).await;
+    let json = chat_json();
+    let with_trailer = chunked_body(&json).replace("0\r\n\r\n", "0\r\nx-trailer: 1\r\n\r\n");
+    let pipeline = format!(
+        "{}{}{json}{}GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n",
+        chunked_post("Transfer-Encoding: chunked"),
+        post_head(json.len()),
+        chunked_post("transfer-encoding: chunked").replace(&chunked_body(&json), &with_trailer),
+    );
+    s.send(pipeline).await;
+    for i in 0..4 {
+        let reply = s.reply().await;
+        assert_eq!(
+            reply.status,
+            200,
+            "request {i}: {:?}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert!(!reply.closes(), "request {i}: {}", reply.head);
+    }
+    // And the connection is still good for more.
+    s.send(chunked_post("transfer-encoding: chunked")).await;
+    let reply = s.reply().await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["object"], "chat.completion");
+    gw.idle().await;
 }
