@@ -367,11 +367,17 @@ async fn serve_connection<S>(
                 // (the server's shutdown waits for it) and the drain is watched in `serve_h1`.
                 let _counted = watcher;
                 match serve_h1(&protocols.h1, &mut io, service, signal).await {
-                    // hyper's `header_read_timeout` runs only once a head has begun: the client
-                    // started a request and stalled, and can read why it is cut off.
-                    Err(e) if e.is_timeout() => {
+                    // hyper's `header_read_timeout` also runs between requests, from the end
+                    // of a response. A client that began a head and stalled can read why it is
+                    // cut off; one that sent nothing more would read a 408 as the answer to the
+                    // request it sends next, so it is only closed.
+                    Err(e) if e.is_timeout() && io.head_begun() => {
                         protocols.head_timeouts.inc();
                         answer_head_timeout(&mut io, peer).await;
+                        Ok(())
+                    }
+                    Err(e) if e.is_timeout() => {
+                        tracing::debug!(%peer, "idle connection closed");
                         Ok(())
                     }
                     other => other,

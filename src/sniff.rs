@@ -138,6 +138,13 @@ impl Sniffed {
         report
     }
 
+    /// Whether part of an HTTP/1.1 request head has been read and its end has not: a client
+    /// that stalls then is owed a 408, one idle between requests is not. Unknown (false) where
+    /// heads are not followed.
+    pub fn head_begun(&self) -> bool {
+        self.framing.as_ref().is_some_and(Framing::head_begun)
+    }
+
     fn poll_read_unchecked(
         &mut self,
         cx: &mut Context<'_>,

@@ -195,6 +195,12 @@ impl Framing {
         }
     }
 
+    /// Whether bytes of a head have come that its end has not: false between requests, when
+    /// the client has sent nothing of the next one.
+    pub fn head_begun(&self) -> bool {
+        self.state == State::Head && (self.head.started || self.head.kept_len > 0)
+    }
+
     fn stop(&mut self, finding: Finding) {
         self.report
             .first
@@ -521,6 +527,23 @@ mod tests {
             assert_eq!((f.request, f.state), (3, State::Head), "cut at {cut}");
         }
         assert!(matches!(report_of(&wire).verdict(2), Verdict::Serve));
+    }
+
+    #[test]
+    fn a_head_is_begun_from_its_first_byte_to_its_blank_line() {
+        let (mut f, _) = Framing::new();
+        assert!(!f.head_begun());
+        f.feed(b"G");
+        assert!(f.head_begun());
+        f.feed(b"ET / HTTP/1.1\r\nhost: x\r\n\r");
+        assert!(f.head_begun());
+        f.feed(b"\n");
+        assert!(!f.head_begun());
+        f.feed(b"\r");
+        assert!(f.head_begun());
+        f.feed(b"\n");
+        // An empty line before a request line is skipped: nothing of a request has come yet.
+        assert!(!f.head_begun());
     }
 
     fn report_of(wire: &[u8]) -> Arc<HeadReport> {

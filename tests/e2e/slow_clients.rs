@@ -294,6 +294,22 @@ async fn a_stalled_second_head_on_a_kept_alive_connection_is_answered_408() {
 }
 
 #[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_without_a_408() {
+    let gw = slow_head_gateway().await;
+    let mut s = connect(&gw).await;
+    s.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(s.reply().await.status, 200);
+    // Nothing more is sent: hyper's header timer runs between requests too, and a 408 here
+    // would be read by a client as the answer to the request it sends next.
+    s.closed().await;
+    assert!(s.buf.is_empty(), "{:?}", String::from_utf8_lossy(&s.buf));
+    assert!(!metric(
+        &gw,
+        "sluice_client_read_timeouts_total{phase=\"head\"} 1"
+    ));
+}
+
+#[tokio::test]
 async fn a_head_stalled_within_its_first_bytes_is_answered_408() {
     let gw = slow_head_gateway().await;
     let mut s = connect(&gw).await;
