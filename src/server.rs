@@ -6,6 +6,11 @@
 //! connections: when it is exhausted the loop stops accepting and further clients wait in the
 //! kernel's backlog rather than being served badly. On shutdown the listeners close first, in-flight requests run on for the grace period,
 //! then every stream still open is ended with an SSE error event and the connections close.
+//!
+//! An HTTP/1.1 connection is lent to hyper, not given, so that a client whose head stalled past
+//! `server.header_read_timeout` can still be answered a 408 on it; its requests go through the
+//! service in `server/h1.rs`, which refuses the heads the connection's reader found unsound and
+//! closes the connection where the next head could not be found.
 
 use std::future::Future;
 use std::net::SocketAddr;
