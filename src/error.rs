@@ -88,6 +88,10 @@ pub enum Error {
     /// The request body could not be read from the client.
     #[error("The request body could not be read: {0}")]
     BodyRead(String),
+    /// The client sent its request too slowly: the `part` (`headers`, `body`) did not arrive within
+    /// `server.header_read_timeout`, or `server.body_read_timeout` and the minimum rate.
+    #[error("The request {part} did not arrive in time.")]
+    RequestTimeout { part: &'static str },
     /// No API key, or one the gateway does not know.
     #[error("{0}")]
     Unauthorized(&'static str),
@@ -314,6 +318,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Error::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -343,7 +348,8 @@ impl Error {
             | Error::Unauthorized(_)
             | Error::Forbidden { .. }
             | Error::RateLimited { .. }
-            | Error::BodyRead(_) => Origin::Client,
+            | Error::BodyRead(_)
+            | Error::RequestTimeout { .. } => Origin::Client,
             Error::UpstreamUnreachable { .. }
             | Error::UpstreamTimeout { .. }
             | Error::UpstreamStatus { .. }
@@ -403,7 +409,8 @@ impl Error {
             | Error::MethodNotAllowed { .. }
             | Error::PayloadTooLarge { .. }
             | Error::UnsupportedMediaType
-            | Error::BodyRead(_) => "invalid_request_error",
+            | Error::BodyRead(_)
+            | Error::RequestTimeout { .. } => "invalid_request_error",
             Error::Unauthorized(_) => "authentication_error",
             Error::Forbidden { .. } => "permission_error",
             Error::Overloaded { .. } | Error::RateLimited { .. } => "rate_limit_error",
@@ -427,6 +434,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => Some("request_too_large"),
             Error::UnsupportedMediaType => Some("unsupported_media_type"),
             Error::BodyRead(_) => Some("body_read_error"),
+            Error::RequestTimeout { .. } => Some("request_timeout"),
             Error::Unauthorized(_) => Some("invalid_api_key"),
             Error::Forbidden { code, .. } => Some(code),
             Error::RateLimited { .. } => Some("rate_limit_exceeded"),

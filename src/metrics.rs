@@ -60,6 +60,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// 401s for API requests, by reason (missing_key, unknown_key): a burst is someone guessing.
     pub auth_refused: IntCounterVec,
+    /// Requests answered 408 because the client sent them too slowly, by phase (head, body).
+    pub client_timeouts: IntCounterVec,
     /// Local models: time a request waited for a generation slot.
     pub local_queue_wait: HistogramVec,
     /// Local models: requests waiting now.
@@ -194,6 +196,11 @@ impl Metrics {
                 "API requests refused for a missing or unknown key, by reason.",
                 &["reason"],
             ),
+            client_timeouts: counter(
+                "sluice_client_read_timeouts_total",
+                "Requests answered 408 because the client sent the head or the body too slowly, by phase.",
+                &["phase"],
+            ),
             local_queue_wait: histogram(
                 "sluice_local_queue_wait_seconds",
                 "Time a request waited for a local generation slot.",
@@ -258,6 +265,7 @@ impl Metrics {
             Box::new(m.streams_aborted.clone()),
             Box::new(m.rate_limited.clone()),
             Box::new(m.auth_refused.clone()),
+            Box::new(m.client_timeouts.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.target_requests.clone()),
             Box::new(m.fallbacks.clone()),

@@ -6,6 +6,11 @@
 //! connections: when it is exhausted the loop stops accepting and further clients wait in the
 //! kernel's backlog rather than being served badly. On shutdown the listeners close first, in-flight requests run on for the grace period,
 //! then every stream still open is ended with an SSE error event and the connections close.
+//!
+//! An HTTP/1.1 connection is lent to hyper, not given, so that a client whose head stalled past
+//! `server.header_read_timeout` can still be answered a 408 on it; its requests go through the
+//! service in `server/h1.rs`, which refuses the heads the connection's reader found unsound and
+//! closes the connection where the next head could not be found.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,17 +22,24 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus::IntCounter;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::backends::Backends;
 use crate::config::Config;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, ShutdownSignal};
-use crate::sniff::{sniff, Protocol};
+use crate::sniff::{sniff, Protocol, Sniff, Sniffed, LINGER_TIME};
 use crate::stack;
 use crate::state::AppState;
 use crate::workers::Workers;
+
+mod h1;
+
+use h1::H1Service;
 
 /// How long connections get to close after the hard stop, before the server returns anyway.
 const CLOSE_AFTER_HARD_STOP: Duration = Duration::from_secs(5);
@@ -109,6 +121,7 @@ impl Gateway {
             h1,
             h2,
             sniff_timeout: server.header_read_timeout,
+            head_timeouts: state.metrics.client_timeouts.with_label_values(&["head"]),
         });
         let graceful = GracefulShutdown::new();
         let cap = Arc::new(Semaphore::new(server.max_connections));
@@ -185,6 +198,54 @@ impl Gateway {
     }
 }
 
+/// Serves HTTP/1.1 on `io` until the connection ends, shutting it down gracefully once the server
+/// drains.
+async fn serve_h1<S>(
+    h1: &http1::Builder,
+    io: &mut Sniffed,
+    service: S,
+    signal: &ShutdownSignal,
+) -> hyper::Result<()>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::api::body::Body>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let report = io.follow_heads();
+    let conn = h1.serve_connection(TokioIo::new(io), H1Service::new(service, report));
+    tokio::pin!(conn);
+    tokio::select! {
+        biased;
+        result = conn.as_mut() => return result,
+        () = signal.drained() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+/// Answers a client whose request head did not arrive in time with a 408 it can read, then closes
+/// the connection the lingering way. Bounded: a client that does not read gets at most
+/// [`LINGER_TIME`] for the answer to leave.
+async fn answer_head_timeout(io: &mut Sniffed, peer: SocketAddr) {
+    let json = Error::RequestTimeout { part: "headers" }.to_json();
+    let mut answer = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        json.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&json);
+    tracing::debug!(%peer, "request head not received in time");
+    let sent = tokio::time::timeout(LINGER_TIME, io.write_all(&answer)).await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = io.shutdown().await;
+    }
+}
+
 /// How connections are served once their protocol is known.
 struct Protocols {
     h1: http1::Builder,
@@ -192,6 +253,8 @@ struct Protocols {
     h2: Option<http2::Builder<TokioExecutor>>,
     /// How long a new connection has to send its first bytes.
     sniff_timeout: Duration,
+    /// `sluice_client_read_timeouts_total{phase="head"}`, resolved once.
+    head_timeouts: IntCounter,
 }
 
 /// Accepts connections until the future is dropped, and hands each to a worker.
@@ -279,27 +342,51 @@ async fn serve_connection<S>(
     S::Future: Send + 'static,
 {
     let sniffed = tokio::select! {
-        s = tokio::time::timeout(protocols.sniff_timeout, sniff(stream)) => s,
+        s = sniff(stream, protocols.sniff_timeout) => s,
         // Nothing was asked on it yet, so closing it loses nothing.
         () = signal.drained() => return,
     };
     let result = match sniffed {
-        Err(_) => {
-            tracing::debug!(%peer, "connection sent nothing in time");
-            Ok(())
-        }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::debug!(%peer, error = %e, "connection ended before its first request");
             Ok(())
         }
-        Ok(Ok((protocol, io))) => match (protocol, &protocols.h2) {
+        Ok(Sniff::Stalled(io)) if io.is_empty() => {
+            tracing::debug!(%peer, "connection sent nothing in time");
+            Ok(())
+        }
+        Ok(Sniff::Stalled(mut io)) => {
+            protocols.head_timeouts.inc();
+            answer_head_timeout(&mut io, peer).await;
+            Ok(())
+        }
+        Ok(Sniff::Known(protocol, mut io)) => match (protocol, &protocols.h2) {
             (Protocol::Http2, Some(h2)) => {
                 let conn = h2.serve_connection(TokioIo::new(io), service);
                 watcher.watch(conn).await
             }
             _ => {
-                let conn = protocols.h1.serve_connection(TokioIo::new(io), service);
-                watcher.watch(conn).await
+                // The connection is lent to hyper rather than given, so that a head hyper gave
+                // up on can still be answered on it. Being borrowed, it cannot go through the
+                // watcher, which takes only connections that own their IO: the watcher is held
+                // (the server's shutdown waits for it) and the drain is watched in `serve_h1`.
+                let _counted = watcher;
+                match serve_h1(&protocols.h1, &mut io, service, signal).await {
+                    // hyper's `header_read_timeout` also runs between requests, from the end
+                    // of a response. A client that began a head and stalled can read why it is
+                    // cut off; one that sent nothing more would read a 408 as the answer to the
+                    // request it sends next, so it is only closed.
+                    Err(e) if e.is_timeout() && io.head_begun() => {
+                        protocols.head_timeouts.inc();
+                        answer_head_timeout(&mut io, peer).await;
+                        Ok(())
+                    }
+                    Err(e) if e.is_timeout() => {
+                        tracing::debug!(%peer, "idle connection closed");
+                        Ok(())
+                    }
+                    other => other,
+                }
             }
         },
     };

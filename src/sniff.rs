@@ -14,16 +14,27 @@
 //! reset, which may destroy the response the client has not read yet. So a shutdown first ends
 //! the write side (FIN after the response), then reads and discards what the client still sends
 //! until it closes, for at most [`LINGER_TIME`] and [`LINGER_BYTES`] (nginx's lingering close).
+//!
+//! On HTTP/1.1 the wrapper also follows the request framing on every byte it hands hyper
+//! ([`framing`]), because it is the one place a head's bytes are seen: heads that hyper accepts
+//! but RFC 9112 lets a server refuse (bare-LF line ends, a `Transfer-Encoding` other than one
+//! `chunked`) are reported to the connection's service, which refuses them.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+
+mod framing;
+
+use framing::Framing;
+pub use framing::{HeadReport, Verdict};
 
 /// How long a closing connection keeps reading what its client still sends.
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
@@ -41,6 +52,16 @@ pub enum Protocol {
     Http2,
 }
 
+/// What the first bytes of a connection told.
+#[derive(Debug)]
+pub enum Sniff {
+    /// The protocol is known; the bytes read to tell it are read again first.
+    Known(Protocol, Sniffed),
+    /// The deadline passed before the bytes could tell. What came, perhaps nothing, is in the
+    /// stream ([`Sniffed::is_empty`]): a client that began a head and stalled is owed a 408.
+    Stalled(Sniffed),
+}
+
 /// A connection whose first bytes were read to sniff its protocol, and are read again first.
 #[derive(Debug)]
 pub struct Sniffed {
@@ -52,6 +73,8 @@ pub struct Sniffed {
     deferred: Option<io::Error>,
     /// Set once the write side was shut down: the lingering read's deadline and count.
     linger: Option<Linger>,
+    /// On HTTP/1.1: the request framing, followed on every byte handed to hyper.
+    framing: Option<Framing>,
 }
 
 #[derive(Debug)]
@@ -61,21 +84,27 @@ struct Linger {
 }
 
 /// Reads until the bytes can no longer be the h2c preface (HTTP/1.1), are the whole preface
-/// (h2c), or the peer stops sending (HTTP/1.1: hyper sees the end and closes).
-pub async fn sniff(mut stream: TcpStream) -> io::Result<(Protocol, Sniffed)> {
+/// (h2c), the peer stops sending (HTTP/1.1: hyper sees the end and closes), or `within` passes.
+pub async fn sniff(mut stream: TcpStream, within: Duration) -> io::Result<Sniff> {
     let mut head = [0u8; H2_PREFACE.len()];
     let mut len = 0;
+    let deadline = tokio::time::sleep(within);
+    tokio::pin!(deadline);
     let protocol = loop {
-        let n = stream.read(&mut head[len..]).await?;
+        let n = tokio::select! {
+            biased;
+            n = stream.read(&mut head[len..]) => n?,
+            () = &mut deadline => break None,
+        };
         if n == 0 {
-            break Protocol::Http1;
+            break Some(Protocol::Http1);
         }
         len += n;
         if head[..len] != H2_PREFACE[..len] {
-            break Protocol::Http1;
+            break Some(Protocol::Http1);
         }
         if len == H2_PREFACE.len() {
-            break Protocol::Http2;
+            break Some(Protocol::Http2);
         }
     };
     let io = Sniffed {
@@ -85,11 +114,62 @@ pub async fn sniff(mut stream: TcpStream) -> io::Result<(Protocol, Sniffed)> {
         len,
         deferred: None,
         linger: None,
+        framing: None,
     };
-    Ok((protocol, io))
+    Ok(match protocol {
+        Some(protocol) => Sniff::Known(protocol, io),
+        None => Sniff::Stalled(io),
+    })
 }
 
 // === impl Sniffed ===
+
+impl Sniffed {
+    /// Whether nothing at all was read from the connection before it was handed on.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Follows the HTTP/1.1 request heads read from here on (the sniffed bytes included), and
+    /// reports what they hold that must be refused ([`framing`]).
+    pub fn follow_heads(&mut self) -> Arc<HeadReport> {
+        let (framing, report) = Framing::new();
+        self.framing = Some(framing);
+        report
+    }
+
+    /// Whether part of an HTTP/1.1 request head has been read and its end has not: a client
+    /// that stalls then is owed a 408, one idle between requests is not. Unknown (false) where
+    /// heads are not followed.
+    pub fn head_begun(&self) -> bool {
+        self.framing.as_ref().is_some_and(Framing::head_begun)
+    }
+
+    fn poll_read_unchecked(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.deferred.take() {
+            return Poll::Ready(Err(e));
+        }
+        if self.pos == self.len {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let rest = &self.head[self.pos..self.len];
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..n]);
+        self.pos += n;
+        if self.pos == self.len && buf.remaining() > 0 {
+            // Whatever has arrived behind the sniffed bytes comes in the same read. Pending only
+            // registers the waker; what was copied is returned either way.
+            if let Poll::Ready(Err(e)) = Pin::new(&mut self.inner).poll_read(cx, buf) {
+                self.deferred = Some(e);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
 
 impl AsyncRead for Sniffed {
     fn poll_read(
@@ -98,24 +178,12 @@ impl AsyncRead for Sniffed {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(e) = this.deferred.take() {
-            return Poll::Ready(Err(e));
+        let before = buf.filled().len();
+        let read = this.poll_read_unchecked(cx, buf);
+        if let (Some(framing), Poll::Ready(Ok(()))) = (&mut this.framing, &read) {
+            framing.feed(&buf.filled()[before..]);
         }
-        if this.pos == this.len {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        let rest = &this.head[this.pos..this.len];
-        let n = rest.len().min(buf.remaining());
-        buf.put_slice(&rest[..n]);
-        this.pos += n;
-        if this.pos == this.len && buf.remaining() > 0 {
-            // Whatever has arrived behind the sniffed bytes comes in the same read. Pending only
-            // registers the waker; what was copied is returned either way.
-            if let Poll::Ready(Err(e)) = Pin::new(&mut this.inner).poll_read(cx, buf) {
-                this.deferred = Some(e);
-            }
-        }
-        Poll::Ready(Ok(()))
+        read
     }
 }
 
@@ -194,12 +262,20 @@ mod tests {
         (client.unwrap(), server.unwrap().0)
     }
 
+    /// Sniffs with a deadline no test reaches.
+    async fn known(server: TcpStream) -> (Protocol, Sniffed) {
+        match sniff(server, Duration::from_secs(60)).await.unwrap() {
+            Sniff::Known(protocol, io) => (protocol, io),
+            Sniff::Stalled(_) => panic!("stalled"),
+        }
+    }
+
     #[tokio::test]
     async fn an_http1_request_is_read_back_whole_in_one_read() {
         let (mut client, server) = pair().await;
         let req = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}";
         client.write_all(req).await.unwrap();
-        let (protocol, mut io) = sniff(server).await.unwrap();
+        let (protocol, mut io) = known(server).await;
         assert_eq!(protocol, Protocol::Http1);
         // The whole request is in the socket before the sniff starts (loopback delivers a write
         // at once), so one read returns the sniffed bytes and everything behind them: hyper
@@ -218,7 +294,7 @@ mod tests {
             .write_all(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
             .await
             .unwrap();
-        let (protocol, mut io) = sniff(server).await.unwrap();
+        let (protocol, mut io) = known(server).await;
         assert_eq!(protocol, Protocol::Http2);
         let mut buf = [0u8; 33];
         io.read_exact(&mut buf).await.unwrap();
@@ -229,12 +305,32 @@ mod tests {
     #[tokio::test]
     async fn a_preface_sent_in_pieces_waits_for_the_rest() {
         let (mut client, server) = pair().await;
-        let sniffing = tokio::spawn(sniff(server));
+        let sniffing = tokio::spawn(known(server));
         client.write_all(&H2_PREFACE[..10]).await.unwrap();
         client.flush().await.unwrap();
         client.write_all(&H2_PREFACE[10..]).await.unwrap();
-        let (protocol, _) = sniffing.await.unwrap().unwrap();
+        let (protocol, _) = sniffing.await.unwrap();
         assert_eq!(protocol, Protocol::Http2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stalls_is_reported_with_what_it_sent() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"PRI * ").await.unwrap();
+        let (stalled, silent) = {
+            let (_quiet, other) = pair().await;
+            let a = sniff(server, Duration::from_secs(1)).await.unwrap();
+            let b = sniff(other, Duration::from_secs(1)).await.unwrap();
+            (a, b)
+        };
+        let Sniff::Stalled(io) = stalled else {
+            panic!("{stalled:?}");
+        };
+        assert!(!io.is_empty());
+        let Sniff::Stalled(io) = silent else {
+            panic!("{silent:?}");
+        };
+        assert!(io.is_empty());
     }
 
     #[tokio::test]
@@ -242,7 +338,7 @@ mod tests {
         let (mut client, server) = pair().await;
         client.write_all(b"PRI * HT").await.unwrap();
         client.shutdown().await.unwrap();
-        let (protocol, mut io) = sniff(server).await.unwrap();
+        let (protocol, mut io) = known(server).await;
         assert_eq!(protocol, Protocol::Http1);
         let mut all = Vec::new();
         io.read_to_end(&mut all).await.unwrap();
@@ -253,7 +349,7 @@ mod tests {
     async fn writes_go_to_the_socket() {
         let (mut client, server) = pair().await;
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let (_, mut io) = sniff(server).await.unwrap();
+        let (_, mut io) = known(server).await;
         io.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
             .await
             .unwrap();
@@ -275,7 +371,7 @@ mod tests {
             .write_all(b"POST / HTTP/1.1\r\ncontent-length: 8388608\r\n\r\n")
             .await
             .unwrap();
-        let (_, mut io) = sniff(server).await.unwrap();
+        let (_, mut io) = known(server).await;
         let answer = b"HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\n\r\n";
         let server = async move {
             io.write_all(answer).await.unwrap();
@@ -299,7 +395,7 @@ mod tests {
     async fn the_lingering_read_gives_up_on_a_client_that_never_closes() {
         let (mut client, server) = pair().await;
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let (_, mut io) = sniff(server).await.unwrap();
+        let (_, mut io) = known(server).await;
         let started = tokio::time::Instant::now();
         io.shutdown().await.unwrap();
         assert!(started.elapsed() >= LINGER_TIME);

@@ -117,6 +117,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A client must send its request headers within this time.
     pub header_read_timeout: Duration,
+    /// The longest a request body may go without sending more, and the time it has before
+    /// `body_min_bytes_per_second` applies.
+    pub body_read_timeout: Duration,
+    /// The average pace a request body must keep after `body_read_timeout`; 0: none.
+    pub body_min_bytes_per_second: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// How long in-flight streams may run on after SIGINT/SIGTERM before they are ended.
@@ -359,6 +364,12 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
             s.header_read_timeout.as_deref(),
             Duration::from_secs(10),
         )?,
+        body_read_timeout: duration(
+            "server.body_read_timeout",
+            s.body_read_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?,
+        body_min_bytes_per_second: s.body_min_bytes_per_second.unwrap_or(1024),
         max_body_bytes: s.max_body_bytes.unwrap_or(4 * 1024 * 1024),
         shutdown_grace: duration(
             "server.shutdown_grace",
@@ -385,6 +396,9 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
     }
     if server.max_body_bytes < 1024 {
         return Err("`server.max_body_bytes` must be at least 1024".into());
+    }
+    if server.body_read_timeout.is_zero() {
+        return Err("`server.body_read_timeout` must be above zero".into());
     }
     if server.sse_keep_alive.is_zero() || server.header_read_timeout.is_zero() {
         return Err(

@@ -77,6 +77,8 @@ pub struct RawServer {
     pub listen: Option<String>,
     pub max_connections: Option<usize>,
     pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub body_min_bytes_per_second: Option<u64>,
     pub max_body_bytes: Option<usize>,
     pub shutdown_grace: Option<String>,
     pub sse_keep_alive: Option<String>,

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 
 use super::output::OutputFilter;
 use super::record::{Outcome, RequestRecord};
@@ -143,19 +143,21 @@ where
     if declared.is_some_and(|n| n > limit) {
         return Err(Error::PayloadTooLarge { limit });
     }
-    let bytes = Limited::new(req.into_body(), limit)
-        .collect()
+    let pace = body::BodyPace {
+        timeout: state.server.body_read_timeout,
+        min_rate: state.server.body_min_bytes_per_second,
+    };
+    let bytes = body::read_request(req.into_body(), limit, pace, record.started())
         .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Error::PayloadTooLarge { limit }
-            } else {
-                Error::BodyRead(e.to_string())
+        .inspect_err(|e| {
+            if let Error::RequestTimeout { .. } = e {
+                state
+                    .metrics
+                    .client_timeouts
+                    .with_label_values(&["body"])
+                    .inc();
             }
-        })?
-        .to_bytes();
+        })?;
 
     let mut request = validate::decode(&bytes)?;
     let route = state

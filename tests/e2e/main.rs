@@ -20,4 +20,5 @@ mod local_model;
 mod reload;
 mod remote_backend;
 mod routing;
+mod slow_clients;
 mod upstream_faults;
