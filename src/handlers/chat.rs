@@ -177,7 +177,7 @@ where
     validate::check(&mut request, &route.model.limits)?;
     let guard_ctx = Ctx::new(request_id.clone(), &route.model.name, caller.name());
     if let Some(g) = &state.guardrails {
-        request = check_input(g, request, &guard_ctx).await?;
+        request = check_input(g, request, &guard_ctx, bytes.len()).await?;
     }
     if state.shutdown.is_draining() {
         return Err(Error::ShuttingDown);
@@ -230,16 +230,18 @@ where
     })
 }
 
-/// Input guardrails. Small prompts are scanned in place (microseconds); large ones on a blocking
-/// thread so a long scan never stalls the async workers.
+/// Input guardrails. Small requests are scanned in place (microseconds); large ones on a blocking
+/// thread so a long scan never stalls the async workers. The size is the body's (`body_len`):
+/// every text of the request is scanned, tool definitions and metadata included, and the body
+/// bounds them all without a walk to count them.
 async fn check_input(
     g: &GuardrailsHandle,
     mut request: ChatRequest,
     ctx: &Ctx,
+    body_len: usize,
 ) -> Result<ChatRequest, Error> {
     const INLINE_BYTES: usize = 64 * 1024;
-    let bytes: usize = request.messages.iter().map(|m| m.text_len()).sum();
-    if bytes <= INLINE_BYTES {
+    if body_len <= INLINE_BYTES {
         g.check_input(&mut request, ctx)?;
         return Ok(request);
     }
