@@ -346,6 +346,27 @@ fn stream_id(
     id
 }
 
+/// Calls `scan` on each entry of `map` until one blocks; then removes the entries after it,
+/// which were not scanned. Returns whether one blocked.
+fn each_until_blocked(
+    map: &mut Map<String, Value>,
+    mut scan: impl FnMut(&str, &mut Value) -> bool,
+) -> bool {
+    let mut seen: Vec<String> = Vec::new();
+    let mut blocked = false;
+    for (key, value) in map.iter_mut() {
+        seen.push(key.clone());
+        if scan(key, value) {
+            blocked = true;
+            break;
+        }
+    }
+    if blocked {
+        map.retain(|k, _| seen.contains(k));
+    }
+    blocked
+}
+
 /// One walk over the fields of a delta, scanning every string in it.
 struct Walk<'a> {
     scanner: &'a mut OutputScanner,
@@ -360,22 +381,10 @@ impl Walk<'_> {
     /// Scans every field; returns true on a block, with the fields after the blocked text
     /// removed (they were not scanned).
     fn fields(&mut self, extra: &mut Map<String, Value>) -> bool {
-        let mut seen: Vec<String> = Vec::new();
-        let mut blocked = false;
-        for (key, value) in extra.iter_mut() {
-            seen.push(key.clone());
-            blocked = match value {
-                Value::Array(items) if key == "tool_calls" => self.tool_calls(items),
-                v => self.value(key, None, &mut Vec::new(), v),
-            };
-            if blocked {
-                break;
-            }
-        }
-        if blocked {
-            extra.retain(|k, _| seen.contains(k));
-        }
-        blocked
+        each_until_blocked(extra, |key, value| match value {
+            Value::Array(items) if key == "tool_calls" => self.tool_calls(items),
+            v => self.value(key, None, &mut Vec::new(), v),
+        })
     }
 
     fn tool_calls(&mut self, items: &mut Vec<Value>) -> bool {
@@ -432,23 +441,12 @@ impl Walk<'_> {
                 }
                 false
             }
-            Value::Object(o) => {
-                let mut seen: Vec<String> = Vec::new();
-                let mut blocked = false;
-                for (k, child) in o.iter_mut() {
-                    seen.push(k.clone());
-                    path.push(k.clone());
-                    blocked = self.value(top, tool, path, child);
-                    path.pop();
-                    if blocked {
-                        break;
-                    }
-                }
-                if blocked {
-                    o.retain(|k, _| seen.contains(k));
-                }
+            Value::Object(o) => each_until_blocked(o, |k, child| {
+                path.push(k.to_owned());
+                let blocked = self.value(top, tool, path, child);
+                path.pop();
                 blocked
-            }
+            }),
             _ => false,
         }
     }

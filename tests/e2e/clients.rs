@@ -12,13 +12,16 @@ fn python() -> String {
 
 /// Runs the SDK script against `base_url` on a blocking thread, returning its JSON report.
 pub async fn run_sdk(base_url: String, model: &str) -> serde_json::Value {
+    run_sdk_script("openai_client.py", base_url, model).await
+}
+
+/// Runs `tests/sdk/SCRIPT BASE_URL MODEL` on a blocking thread, returning its JSON report.
+pub async fn run_sdk_script(script: &str, base_url: String, model: &str) -> serde_json::Value {
+    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
     let model = model.to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/sdk/openai_client.py"
-            ))
+            .arg(path)
             .arg(base_url)
             .arg(model)
             .output()

@@ -220,26 +220,8 @@ async fn the_openai_sdk_reads_a_redacted_tool_call_whole() {
         .await
         .unwrap();
     let gw = gateway(&upstream).await;
-    let base = gw.url("/v1");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/sdk/openai_tool_calls.py"
-            ))
-            .arg(base)
-            .arg("tool-call")
-            .output()
-            .expect("python3 must be installed")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "SDK script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report =
+        crate::clients::run_sdk_script("openai_tool_calls.py", gw.url("/v1"), "tool-call").await;
     for shape in ["non_stream", "stream"] {
         let call = &report[shape];
         assert_eq!(
