@@ -4,7 +4,7 @@
 //! Records carry names and masked excerpts only; never keys, hashes or raw content. Each line is
 //! appended with one write, so a crash loses at most the line being written. Every line is a link
 //! of a hash chain ([`chain`]) that the writer adds whatever the event, so a removed, moved,
-//! inserted or edited line shows (`sluice audit verify`). A reload opens the file
+//! inserted or edited line shows (`sluice audit verify`, [`verify`]). A reload opens the file
 //! again ([`AuditLog::replace`]), so a changed `[audit] path` is followed, and so is a file that
 //! was rotated away; the chain goes on from whatever the file it writes to ends with.
 
@@ -17,6 +17,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 
 pub mod chain;
+pub mod verify;
 
 use chain::{Next, Tail};
 

@@ -34,6 +34,23 @@ enum Command {
     /// Work with guardrail policies.
     #[command(subcommand)]
     Guardrails(GuardrailsCommand),
+    /// Work with audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit file's hash chain from its first line to its last: exit 0 with a summary
+    /// (records, segments, first and last time, last hash), or 1 naming the first bad line and
+    /// what is wrong with it.
+    Verify {
+        /// The audit file (`[audit] path`).
+        path: PathBuf,
+        /// Print the verdict as one JSON object on standard output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -131,6 +148,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Models(ModelsCommand::Pull { config }) => pull(&config),
         Command::Guardrails(cmd) => guardrails(cmd),
+        Command::Audit(AuditCommand::Verify { path, json }) => verify_audit(&path, json),
         Command::Keys(KeysCommand::Hash) => {
             let mut key = String::new();
             if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
@@ -172,6 +190,53 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!("error: {}: {e}", path.display());
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `sluice audit verify`: 0 for an intact chain, 1 for a broken one, 2 for a file that cannot be
+/// read.
+fn verify_audit(path: &std::path::Path, json: bool) -> ExitCode {
+    let verdict = std::fs::File::open(path)
+        .and_then(|f| sluice::audit::verify::verify(std::io::BufReader::new(f)));
+    let shown = path.display().to_string();
+    match verdict {
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"path": shown, "ok": false, "error": e.to_string()})
+                );
+            } else {
+                eprintln!("error: {shown}: {e}");
+            }
+            ExitCode::from(2)
+        }
+        Ok(Ok(summary)) => {
+            if json {
+                let mut v = serde_json::json!({"path": shown, "ok": true});
+                if let (Some(o), Ok(serde_json::Value::Object(s))) =
+                    (v.as_object_mut(), serde_json::to_value(&summary))
+                {
+                    o.extend(s);
+                }
+                println!("{v}");
+            } else {
+                println!("{shown}: ok: {summary}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(broken)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"path": shown, "ok": false, "line": broken.line,
+                        "kind": broken.kind, "message": broken.message})
+                );
+            } else {
+                eprintln!("error: {shown}: {}", broken.message);
+            }
+            ExitCode::FAILURE
         }
     }
 }
