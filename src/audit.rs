@@ -33,7 +33,9 @@ struct Sink {
     file: File,
     /// `None` until the file's end has been read: after a replace, since the file may have
     /// grown between its opening and the swap (the log it replaces writes on meanwhile, maybe to
-    /// the same file), and after a failed write, which may have left part of a line.
+    /// the same file), and after a failed write, which may have left part of a line. It is read
+    /// again, too, when the file's length is not the one it describes: someone else truncated
+    /// the file (`copytruncate` rotation) or wrote to it.
     tail: Option<Tail>,
 }
 
@@ -108,10 +110,13 @@ impl AuditLog {
 impl Sink {
     /// Writes `obj` as the next link, after a `chain_restart` record when the file's end calls for
     /// one, in a single write. Returns the lines written.
-    fn append(&mut self, mut obj: Map<String, Value>) -> std::io::Result<Vec<String>> {
+    fn append(&mut self, obj: Map<String, Value>) -> std::io::Result<Vec<String>> {
+        // One `fstat` per record, so that a rotation that empties the file in place starts a
+        // fresh chain rather than one that seems to have lost its beginning.
+        let len = self.file.metadata()?.len();
         let tail = match self.tail.take() {
-            Some(t) => t,
-            None => Tail::read(&self.file).unwrap_or_else(|e| Tail::unreadable(&e)),
+            Some(t) if t.len == len => t,
+            _ => Tail::read(&self.file).unwrap_or_else(|e| Tail::unreadable(&e)),
         };
         let mut out = Vec::with_capacity(512);
         let mut lines = Vec::with_capacity(1);
@@ -135,13 +140,14 @@ impl Sink {
                 (1, hash)
             }
         };
-        let line = link(std::mem::take(&mut obj), seq, prev);
+        let line = link(obj, seq, prev);
         out.extend_from_slice(line.as_bytes());
         out.push(b'\n');
         // `tail` stays `None` on failure: the next record reads what part of this write landed.
         self.file.write_all(&out)?;
         self.tail = Some(Tail {
             newline: false,
+            len: len + out.len() as u64,
             next: Next::After {
                 seq,
                 hash: chain::line_hash(line.as_bytes()),
@@ -344,6 +350,46 @@ mod tests {
         log.record("three", Map::new());
         let text = lines(&path);
         assert_eq!(links(&path)[2], (2, chain::line_hash(text[1].as_bytes())));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_file_truncated_under_the_writer_starts_again_from_genesis() {
+        // `logrotate`'s `copytruncate` empties the file the gateway keeps open.
+        let dir = scratch("truncated");
+        let path = dir.join("audit.jsonl");
+        let log = AuditLog::open(Some(&path)).unwrap();
+        log.record("one", Map::new());
+        log.record("two", Map::new());
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        log.record("three", Map::new());
+        assert_eq!(links(&path), vec![(0, chain::GENESIS.to_owned())]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_line_written_by_someone_else_is_bound_by_a_restart() {
+        let dir = scratch("foreign");
+        let path = dir.join("audit.jsonl");
+        let log = AuditLog::open(Some(&path)).unwrap();
+        log.record("one", Map::new());
+        let foreign = "not a record";
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(format!("{foreign}\n").as_bytes())
+            .unwrap();
+        log.record("two", Map::new());
+        let text = lines(&path);
+        let restart: Value = serde_json::from_str(&text[2]).unwrap();
+        assert_eq!(restart["event"], chain::RESTART, "{text:?}");
+        assert_eq!(restart["prev"], chain::line_hash(foreign.as_bytes()));
         let _ = std::fs::remove_dir_all(dir);
     }
 

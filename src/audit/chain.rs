@@ -78,6 +78,9 @@ pub struct Tail {
     /// The file does not end with a newline: write one before the next record, so the next
     /// record is not glued to what is there.
     pub newline: bool,
+    /// The file's length when its end was read. A file of another length has been changed
+    /// since (by another writer, or emptied by a rotation): read its end again.
+    pub len: u64,
     pub next: Next,
 }
 
@@ -150,6 +153,7 @@ impl Tail {
         if len == 0 {
             return Ok(Tail {
                 newline: false,
+                len,
                 next: Next::Genesis,
             });
         }
@@ -160,6 +164,7 @@ impl Tail {
         let Some(start) = line_start(file, end)? else {
             return Ok(Tail {
                 newline,
+                len,
                 next: Next::Restart {
                     // Too long to hash at start-up; nothing the writer wrote is that long.
                     hash: GENESIS.into(),
@@ -186,7 +191,7 @@ impl Tail {
                 },
             },
         };
-        Ok(Tail { newline, next })
+        Ok(Tail { newline, len, next })
     }
 
     /// Where a file whose end could not be read chains from: a restart that binds nothing, which
@@ -194,6 +199,8 @@ impl Tail {
     pub fn unreadable(e: &io::Error) -> Tail {
         Tail {
             newline: false,
+            // Matches no file, so the next record tries to read the end again.
+            len: u64::MAX,
             next: Next::Restart {
                 hash: GENESIS.into(),
                 reason: format!("the end of the file could not be read: {e}"),
