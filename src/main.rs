@@ -197,48 +197,52 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// `sluice audit verify`: 0 for an intact chain, 1 for a broken one, 2 for a file that cannot be
 /// read.
 fn verify_audit(path: &std::path::Path, json: bool) -> ExitCode {
+    /// The `--json` verdict: where and whether first, then what `verify` found.
+    #[derive(serde::Serialize)]
+    struct Verdict<'a, T> {
+        path: &'a str,
+        ok: bool,
+        #[serde(flatten)]
+        found: T,
+    }
+    let shown = path.display().to_string();
     let verdict = std::fs::File::open(path)
         .and_then(|f| sluice::audit::verify::verify(std::io::BufReader::new(f)));
-    let shown = path.display().to_string();
-    match verdict {
-        Err(e) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"path": shown, "ok": false, "error": e.to_string()})
-                );
-            } else {
-                eprintln!("error: {shown}: {e}");
-            }
-            ExitCode::from(2)
-        }
-        Ok(Ok(summary)) => {
-            if json {
-                let mut v = serde_json::json!({"path": shown, "ok": true});
-                if let (Some(o), Ok(serde_json::Value::Object(s))) =
-                    (v.as_object_mut(), serde_json::to_value(&summary))
-                {
-                    o.extend(s);
-                }
-                println!("{v}");
-            } else {
-                println!("{shown}: ok: {summary}");
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(Err(broken)) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"path": shown, "ok": false, "line": broken.line,
-                        "kind": broken.kind, "message": broken.message})
-                );
-            } else {
-                eprintln!("error: {shown}: {}", broken.message);
-            }
-            ExitCode::FAILURE
-        }
+    let (code, line, found) = match verdict {
+        Err(e) => (
+            ExitCode::from(2),
+            Err(format!("error: {shown}: {e}")),
+            serde_json::to_string(&Verdict {
+                path: &shown,
+                ok: false,
+                found: serde_json::json!({ "error": e.to_string() }),
+            }),
+        ),
+        Ok(Ok(summary)) => (
+            ExitCode::SUCCESS,
+            Ok(format!("{shown}: ok: {summary}")),
+            serde_json::to_string(&Verdict {
+                path: &shown,
+                ok: true,
+                found: &summary,
+            }),
+        ),
+        Ok(Err(broken)) => (
+            ExitCode::FAILURE,
+            Err(format!("error: {shown}: {}", broken.message)),
+            serde_json::to_string(&Verdict {
+                path: &shown,
+                ok: false,
+                found: &broken,
+            }),
+        ),
+    };
+    match (json, line) {
+        (true, _) => println!("{}", found.unwrap_or_default()),
+        (false, Ok(l)) => println!("{l}"),
+        (false, Err(l)) => eprintln!("{l}"),
     }
+    code
 }
 
 fn guardrails(cmd: GuardrailsCommand) -> ExitCode {
