@@ -1,9 +1,9 @@
 //! The audit log: one JSON line per decision that changes what the gateway serves — an admin
 //! change, an automatic canary rollback, a reload, a guardrail decision — with when, who and what.
 //!
-//! Records carry names and masked excerpts only; never keys, hashes or raw content. Each line is
-//! appended with one write, so a crash loses at most the line being written. Every line is a link
-//! of a hash chain ([`chain`]) that the writer adds whatever the event, so a removed, moved,
+//! Records carry names and masked excerpts only; never keys, key hashes or raw content. Each line
+//! is appended with one write, so a crash loses at most the line being written. Every line is a
+//! link of a hash chain ([`chain`]) that the writer adds whatever the event, so a removed, moved,
 //! inserted or edited line shows (`sluice audit verify`, [`verify`]). A reload opens the file
 //! again ([`AuditLog::replace`]), so a changed `[audit] path` is followed, and so is a file that
 //! was rotated away; the chain goes on from whatever the file it writes to ends with.
