@@ -34,6 +34,23 @@ enum Command {
     /// Work with guardrail policies.
     #[command(subcommand)]
     Guardrails(GuardrailsCommand),
+    /// Work with audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit file's hash chain from its first line to its last: exit 0 with a summary
+    /// (records, segments, first and last time, last hash), or 1 naming the first bad line and
+    /// what is wrong with it.
+    Verify {
+        /// The audit file (`[audit] path`).
+        path: PathBuf,
+        /// Print the verdict as one JSON object on standard output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -131,6 +148,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Models(ModelsCommand::Pull { config }) => pull(&config),
         Command::Guardrails(cmd) => guardrails(cmd),
+        Command::Audit(AuditCommand::Verify { path, json }) => verify_audit(&path, json),
         Command::Keys(KeysCommand::Hash) => {
             let mut key = String::new();
             if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
@@ -174,6 +192,57 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `sluice audit verify`: 0 for an intact chain, 1 for a broken one, 2 for a file that cannot be
+/// read.
+fn verify_audit(path: &std::path::Path, json: bool) -> ExitCode {
+    /// The `--json` verdict: where and whether first, then what `verify` found.
+    #[derive(serde::Serialize)]
+    struct Verdict<'a, T> {
+        path: &'a str,
+        ok: bool,
+        #[serde(flatten)]
+        found: T,
+    }
+    let shown = path.display().to_string();
+    let verdict = std::fs::File::open(path)
+        .and_then(|f| sluice::audit::verify::verify(std::io::BufReader::new(f)));
+    let (code, line, found) = match verdict {
+        Err(e) => (
+            ExitCode::from(2),
+            Err(format!("error: {shown}: {e}")),
+            serde_json::to_string(&Verdict {
+                path: &shown,
+                ok: false,
+                found: serde_json::json!({ "error": e.to_string() }),
+            }),
+        ),
+        Ok(Ok(summary)) => (
+            ExitCode::SUCCESS,
+            Ok(format!("{shown}: ok: {summary}")),
+            serde_json::to_string(&Verdict {
+                path: &shown,
+                ok: true,
+                found: &summary,
+            }),
+        ),
+        Ok(Err(broken)) => (
+            ExitCode::FAILURE,
+            Err(format!("error: {shown}: {}", broken.message)),
+            serde_json::to_string(&Verdict {
+                path: &shown,
+                ok: false,
+                found: &broken,
+            }),
+        ),
+    };
+    match (json, line) {
+        (true, _) => println!("{}", found.unwrap_or_default()),
+        (false, Ok(l)) => println!("{l}"),
+        (false, Err(l)) => eprintln!("{l}"),
+    }
+    code
 }
 
 fn guardrails(cmd: GuardrailsCommand) -> ExitCode {

@@ -59,16 +59,14 @@ impl AuditRecord {
 // === impl DecisionLog ===
 
 impl DecisionLog {
-    /// Appends to the file at `path`, creating it.
+    /// Appends to the file at `path`, creating it, as `"event":"guardrail"` records of an audit
+    /// trail of its own: chained, as every audit file is ([`crate::audit::chain`]).
     pub fn open(path: &Path) -> std::io::Result<DecisionLog> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(Self::to_writer(Box::new(file)))
+        let log = crate::audit::AuditLog::open(Some(path))?;
+        Ok(Self::forward(Arc::new(log)))
     }
 
-    /// Writes to any writer (tests, stdout).
+    /// Writes bare records, unchained, to any writer (tests, stdout).
     pub fn to_writer(w: Box<dyn Write + Send>) -> DecisionLog {
         let (tx, rx) = channel(QUEUE);
         std::thread::Builder::new()
@@ -155,6 +153,43 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_file_of_decisions_is_chained() {
+        let dir = std::env::temp_dir().join(format!("sluice-decisions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("decisions.jsonl");
+        let log = DecisionLog::open(&path).unwrap();
+        log.record(AuditRecord {
+            time: AuditRecord::now(),
+            request_id: "r1".into(),
+            rule: "pii-email".into(),
+            action: "redact",
+            direction: "input",
+            entity: "email",
+            model: "m".into(),
+            key: None,
+            policy_version: "abc".into(),
+            excerpt: "mail [EMAIL] now".into(),
+        });
+        drop(log);
+        // The forwarder thread writes once it has the record: wait for it, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let text = loop {
+            let t = std::fs::read_to_string(&path).unwrap_or_default();
+            if t.ends_with('\n') || std::time::Instant::now() > deadline {
+                break t;
+            }
+            std::thread::yield_now();
+        };
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["event"], "guardrail");
+        assert_eq!(v["rule"], "pii-email");
+        assert_eq!(v["seq"], 0);
+        assert_eq!(v["prev"], crate::audit::chain::GENESIS);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

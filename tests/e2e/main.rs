@@ -7,6 +7,7 @@
 
 mod common;
 
+mod audit_chain;
 mod candle_model;
 mod clients;
 mod gateway;
