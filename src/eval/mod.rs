@@ -13,4 +13,10 @@
 
 pub mod dataset;
 pub mod normalise;
+pub mod record;
 pub mod scorers;
+pub mod stats;
+pub mod suite;
+
+pub use record::Record;
+pub use suite::Suite;
