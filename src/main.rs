@@ -34,6 +34,9 @@ enum Command {
     /// Work with guardrail policies.
     #[command(subcommand)]
     Guardrails(GuardrailsCommand),
+    /// Run golden-set suites through the gateway.
+    #[command(subcommand)]
+    Eval(sluice::eval::cli::EvalCommand),
 }
 
 #[derive(Subcommand)]
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Models(ModelsCommand::Pull { config }) => pull(&config),
         Command::Guardrails(cmd) => guardrails(cmd),
+        Command::Eval(cmd) => sluice::eval::cli::main(cmd),
         Command::Keys(KeysCommand::Hash) => {
             let mut key = String::new();
             if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {

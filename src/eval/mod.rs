@@ -11,12 +11,17 @@
 //!
 //! The suite and record formats are described in docs/EVALS.md.
 
+pub mod cli;
+pub mod client;
 pub mod dataset;
 pub mod normalise;
 pub mod record;
+pub mod runner;
 pub mod scorers;
 pub mod stats;
 pub mod suite;
 
+pub use client::GatewayClient;
 pub use record::Record;
+pub use runner::{run, RunOptions};
 pub use suite::Suite;
