@@ -102,6 +102,7 @@ struct RawCase {
 /// A case in OpenAI evals' shape.
 #[derive(Deserialize)]
 struct EvalsCase {
+    id: Option<String>,
     input: EvalsInput,
     ideal: Option<OneOrMany>,
 }
@@ -199,7 +200,7 @@ fn parse_evals(value: Value, number: usize, template: &Template<'_>) -> Result<C
         EvalsInput::Messages(m) => m,
     };
     Ok(Case {
-        id: format!("line-{number}"),
+        id: raw.id.unwrap_or_else(|| format!("line-{number}")),
         line: number,
         messages: with_system(template, messages)?,
         references: raw.ideal.map(OneOrMany::into_vec).unwrap_or_default(),

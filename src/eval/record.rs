@@ -68,7 +68,7 @@ pub struct Summary {
     pub threshold: f64,
     /// Whether `pass_rate` reached `threshold`.
     pub threshold_met: bool,
-    /// Each scorer's mean score, by scorer name.
+    /// Each scorer's mean score over the cases it applied to, by scorer name.
     pub mean_scores: BTreeMap<String, f64>,
     /// Latency of the answered requests, in milliseconds; `null` when none was answered.
     pub latency_ms: Option<Percentiles>,

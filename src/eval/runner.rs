@@ -149,7 +149,7 @@ async fn run_case(
         blocked: record.blocked,
     };
     let mut scores = Vec::with_capacity(suite.scorers.len());
-    for scorer in &suite.scorers {
+    for scorer in suite.scorers.iter().filter(|s| s.applies(case)) {
         let verdict = match (&unscorable, scorer.judge()) {
             (Some(why), _) => Verdict::fail(why.clone()),
             (None, Some(_)) if answer.blocked.is_some() => {

@@ -117,17 +117,10 @@ impl Suite {
                 message,
             }
         })?;
-        for case in &dataset.cases {
-            for s in &suite.scorers {
-                s.check_case(case).map_err(|e| SuiteError {
-                    file: dataset_path.display().to_string(),
-                    message: format!(
-                        "line {} (`{}`): scorer `{}` {e}",
-                        case.line, case.id, s.name
-                    ),
-                })?;
-            }
-        }
+        check_coverage(&suite.scorers, &dataset).map_err(|message| SuiteError {
+            file: dataset_path.display().to_string(),
+            message,
+        })?;
         Ok(Suite {
             name: suite.name,
             description: suite.description,
@@ -164,6 +157,37 @@ impl OwnedTemplate {
             prompt: self.prompt.as_deref(),
             system: self.system.as_deref(),
         }
+    }
+}
+
+/// Every case has a scorer that applies to it, every scorer a case, and what a case gives a
+/// scorer is usable.
+fn check_coverage(scorers: &[Scorer], dataset: &Dataset) -> Result<(), String> {
+    let mut used = vec![false; scorers.len()];
+    for case in &dataset.cases {
+        let at = format!("line {} (`{}`)", case.line, case.id);
+        let mut any = false;
+        for (i, s) in scorers.iter().enumerate().filter(|(_, s)| s.applies(case)) {
+            s.check_case(case)
+                .map_err(|e| format!("{at}: scorer `{}`: {e}", s.name))?;
+            used[i] = true;
+            any = true;
+        }
+        if !any {
+            let needs: Vec<String> = scorers
+                .iter()
+                .map(|s| format!("`{}` needs {}", s.name, s.needs()))
+                .collect();
+            return Err(format!("{at}: no scorer applies ({})", needs.join("; ")));
+        }
+    }
+    match used.iter().position(|u| !u) {
+        Some(i) => Err(format!(
+            "scorer `{}` applies to no case: it needs {}",
+            scorers[i].name,
+            scorers[i].needs()
+        )),
+        None => Ok(()),
     }
 }
 
@@ -307,8 +331,20 @@ type = "contains"
         let e = load(SUITE, r#"{"messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.contains("set.jsonl") && msg.contains("line 1") && msg.contains("contains"),
+            msg.contains("set.jsonl")
+                && msg.contains("line 1")
+                && msg.contains("no scorer applies"),
             "{msg}"
+        );
+        assert!(msg.contains("`contains` needs"), "{msg}");
+        let both = SUITE.replace("[[scorer]]", "[[scorer]]\ntype = \"numeric\"\n[[scorer]]");
+        let e = load(&both, SET).unwrap_err().to_string();
+        assert!(e.contains("scorer `numeric` applies to no case"), "{e}");
+        let bad = r#"{"messages":[{"role":"user","content":"x"}],"expect":{"contains":" "}}"#;
+        let e = load(SUITE, bad).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1") && e.contains("expect.contains[0]"),
+            "{e}"
         );
         let e = load(&SUITE.replace("set.jsonl", "missing.jsonl"), SET).unwrap_err();
         assert!(e.to_string().contains("missing.jsonl"), "{e}");

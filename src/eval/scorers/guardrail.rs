@@ -47,11 +47,8 @@ impl Guardrail {
         case.expect.guardrail.or(self.expect)
     }
 
-    pub fn check_case(&self, case: &Case) -> Result<(), String> {
-        match self.expected(case) {
-            Some(_) => Ok(()),
-            None => Err("needs `expect` in the suite or `expect.guardrail`".into()),
-        }
+    pub fn applies(&self, case: &Case) -> bool {
+        self.expected(case).is_some()
     }
 
     pub fn score(&self, case: &Case, answer: &Answer<'_>) -> Verdict {
@@ -115,9 +112,9 @@ mod tests {
         let c = expect(GuardrailExpect::Pass, &[]);
         assert!(s.score(&c, &answer("")).passed);
         assert!(!s.score(&c, &blocked(Blocked::Input)).passed);
-        assert!(s.check_case(&case(&[], Expect::default())).is_err());
+        assert!(!s.applies(&case(&[], Expect::default())));
         let every = scorer("type = \"guardrail\"\nexpect = \"block\"").unwrap();
-        assert!(every.check_case(&case(&[], Expect::default())).is_ok());
+        assert!(every.applies(&case(&[], Expect::default())));
         assert!(scorer("type = \"guardrail\"\nexpect = \"maybe\"").is_err());
     }
 

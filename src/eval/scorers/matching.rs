@@ -136,19 +136,22 @@ impl List {
         }
     }
 
+    pub fn applies(&self, case: &Case) -> bool {
+        !self.values.is_empty() || !self.own(case).is_empty()
+    }
+
     pub fn check_case(&self, case: &Case) -> Result<(), String> {
-        let own = self.own(case);
-        check_values(&format!("expect.{}", self.key()), own)?;
-        if own.is_empty() && self.values.is_empty() {
-            return Err(match self.mode {
-                ListMode::Contains | ListMode::AnyOf => format!(
-                    "needs `values` in the suite, `expect.{}` or a `reference`",
-                    self.key()
-                ),
-                _ => format!("needs `values` in the suite or `expect.{}`", self.key()),
-            });
+        check_values(&format!("expect.{}", self.key()), self.own(case))
+    }
+
+    pub fn needs(&self) -> String {
+        match self.mode {
+            ListMode::Contains | ListMode::AnyOf => format!(
+                "`values` in the suite, `expect.{}` or a `reference`",
+                self.key()
+            ),
+            _ => format!("`values` in the suite or `expect.{}`", self.key()),
         }
-        Ok(())
     }
 
     fn key(&self) -> &'static str {
@@ -209,13 +212,16 @@ impl Pattern {
         })
     }
 
+    pub fn applies(&self, case: &Case) -> bool {
+        self.pattern.is_some() || case.expect.regex.is_some()
+    }
+
     pub fn check_case(&self, case: &Case) -> Result<(), String> {
-        match (&self.pattern, &case.expect.regex) {
-            (None, None) => Err("needs a `pattern` in the suite or `expect.regex`".into()),
-            (_, Some(p)) => compile(p, self.ignore_case)
+        match &case.expect.regex {
+            Some(p) => compile(p, self.ignore_case)
                 .map(drop)
                 .map_err(|e| format!("`expect.regex`: {e}")),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -250,6 +256,7 @@ mod tests {
     fn passes(scorer: &str, refs: &[&str], expect: Expect, text: &str) -> bool {
         let s = scorer_ok(scorer);
         let c = case(refs, expect);
+        assert!(s.applies(&c));
         s.check_case(&c).unwrap();
         s.score(&c, &answer(text)).passed
     }
@@ -297,7 +304,7 @@ mod tests {
         ));
         assert!(passes(t, &["tokyo"], Expect::default(), "東京 (Tokyo)"));
         let s = scorer_ok(t);
-        assert!(s.check_case(&case(&[], Expect::default())).is_err());
+        assert!(!s.applies(&case(&[], Expect::default())));
         let t = "type = \"contains\"\nvalues = [\"1,000\"]";
         assert!(passes(t, &[], Expect::default(), "about 1,000 people"));
         assert!(!passes(t, &[], Expect::default(), "about 1000 people"));
@@ -369,9 +376,15 @@ mod tests {
         ));
         let e2 = scorer("type = \"regex\"\npattern = '('").unwrap_err();
         assert!(e2.contains("pattern"), "{e2}");
-        assert!(scorer_ok("type = \"regex\"")
-            .check_case(&case(&[], Expect::default()))
-            .is_err());
+        assert!(!scorer_ok("type = \"regex\"").applies(&case(&[], Expect::default())));
+        let bad = case(
+            &[],
+            Expect {
+                regex: Some("[".into()),
+                ..Default::default()
+            },
+        );
+        assert!(scorer_ok("type = \"regex\"").check_case(&bad).is_err());
         let ci = "type = \"regex\"\npattern = 'yes'\nignore_case = true";
         assert!(passes(ci, &[], Expect::default(), "YES"));
     }

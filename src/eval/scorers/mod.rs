@@ -2,10 +2,12 @@
 //!
 //! A suite lists scorers; each one looks at every case's answer and gives a [`Verdict`]: a score in
 //! `0..=1` (graded for F1 and the judge, 0 or 1 for the checks) and whether it passes. A case
-//! passes when every scorer passes it. A scorer takes what it compares against from the suite
-//! (`values`, `pattern`, `schema`), from the case (`expect.*`), or from the case's `reference`,
-//! and the suite refuses to load when a case gives a scorer nothing to compare against, so a run
-//! never reports a case as failed because its golden data was incomplete.
+//! passes when every scorer that applies to it passes it. A scorer takes what it compares against
+//! from the suite (`values`, `pattern`, `schema`), from the case (`expect.*`), or from the case's
+//! `reference`, and applies to the cases that give it something, so one golden set can mix
+//! cases with references, number answers and guardrail expectations. So that a gap in the golden
+//! data is not read as a pass, a suite refuses to load when a case has no scorer that applies,
+//! or a scorer applies to no case.
 //!
 //! Every scorer but the judge is a pure function of the case and the answer. The judge asks a
 //! model through the gateway, so the runner calls it ([`Scorer::judge`]) with its client.
@@ -185,16 +187,40 @@ impl Scorer {
         Ok(Scorer { name, kind })
     }
 
-    /// Whether `case` gives this scorer what it compares against; the error says what is missing.
+    /// Whether `case` gives this scorer something to compare against.
+    pub fn applies(&self, case: &Case) -> bool {
+        match &self.kind {
+            Kind::Match(_) | Kind::F1(_) => !case.references.is_empty(),
+            Kind::List(s) => s.applies(case),
+            Kind::Regex(s) => s.applies(case),
+            Kind::Numeric(s) => s.applies(case),
+            Kind::Json(_) | Kind::Judge(_) => true,
+            Kind::Schema(s) => s.applies(case),
+            Kind::Guardrail(s) => s.applies(case),
+        }
+    }
+
+    /// What a case must give this scorer for it to apply, for messages.
+    pub fn needs(&self) -> String {
+        match &self.kind {
+            Kind::Match(_) | Kind::F1(_) => "a `reference`".into(),
+            Kind::List(s) => s.needs(),
+            Kind::Regex(_) => "a `pattern` in the suite or `expect.regex`".into(),
+            Kind::Numeric(_) => "`expect.number` or a `reference` with a number in it".into(),
+            Kind::Json(_) | Kind::Judge(_) => "nothing".into(),
+            Kind::Schema(_) => "a `schema` in the suite or `expect.schema`".into(),
+            Kind::Guardrail(_) => "`expect` in the suite or `expect.guardrail`".into(),
+        }
+    }
+
+    /// Checks what a case gives a scorer that applies to it (a pattern compiles, no value is
+    /// empty); the error names the case's key.
     pub fn check_case(&self, case: &Case) -> Result<(), String> {
         match &self.kind {
-            Kind::Match(_) | Kind::F1(_) => need_reference(case),
             Kind::List(s) => s.check_case(case),
             Kind::Regex(s) => s.check_case(case),
-            Kind::Numeric(s) => s.check_case(case),
-            Kind::Json(_) | Kind::Judge(_) => Ok(()),
             Kind::Schema(s) => s.check_case(case),
-            Kind::Guardrail(s) => s.check_case(case),
+            _ => Ok(()),
         }
     }
 
@@ -219,14 +245,6 @@ impl Scorer {
             Kind::Guardrail(s) => s.score(case, answer),
             Kind::Judge(_) => Verdict::fail("a judge is scored by the runner"),
         }
-    }
-}
-
-fn need_reference(case: &Case) -> Result<(), String> {
-    if case.references.is_empty() {
-        Err("needs a `reference`".into())
-    } else {
-        Ok(())
     }
 }
 
@@ -320,11 +338,12 @@ mod tests {
     }
 
     #[test]
-    fn a_case_without_what_a_scorer_needs_is_named() {
+    fn a_scorer_applies_where_the_case_gives_it_something() {
         let s = scorer("type = \"exact\"").unwrap();
-        assert!(s.check_case(&case(&[], Default::default())).is_err());
-        assert!(s.check_case(&case(&["x"], Default::default())).is_ok());
+        assert!(!s.applies(&case(&[], Default::default())));
+        assert!(s.applies(&case(&["x"], Default::default())));
+        assert!(s.needs().contains("reference"));
         let s = scorer("type = \"json\"").unwrap();
-        assert!(s.check_case(&case(&[], Default::default())).is_ok());
+        assert!(s.applies(&case(&[], Default::default())));
     }
 }
