@@ -9,6 +9,7 @@ mod common;
 
 mod candle_model;
 mod clients;
+mod eval;
 mod gateway;
 mod guardrails;
 mod guardrails_fields;
