@@ -430,14 +430,28 @@ rubric = "The answer names the capital of France."
 #[test]
 fn every_shipped_suite_loads() {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/evals"));
-    let mut n = 0;
+    let mut suites = 0;
+    let mut datasets = std::collections::BTreeSet::new();
+    let mut used = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let suite = Suite::load(&path).unwrap_or_else(|e| panic!("{e}"));
-            assert!(!suite.dataset.cases.is_empty());
-            n += 1;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => {
+                let suite = Suite::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!suite.dataset.cases.is_empty());
+                used.insert(suite.dataset_path.canonicalize().unwrap());
+                suites += 1;
+            }
+            Some("jsonl") => {
+                datasets.insert(path.canonicalize().unwrap());
+            }
+            _ => panic!(
+                "{}: evals/ holds suites (.toml) and datasets (.jsonl)",
+                path.display()
+            ),
         }
     }
-    assert!(n >= 2, "evals/ holds {n} suites");
+    assert!(suites >= 2, "evals/ holds {suites} suites");
+    // A dataset no suite names would never be parsed.
+    assert_eq!(datasets, used);
 }
