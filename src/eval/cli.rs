@@ -6,7 +6,8 @@
 //! take. The API key is read from an environment variable (`--key-env`), never from the command
 //! line, where other users of the machine could read it. The record's path is printed on
 //! standard output and a summary on standard error; the exit status is 0 when the suite's
-//! threshold is met, 1 when it is not, and 2 when the suite or the gateway cannot be used.
+//! threshold is met, 1 when it is not, and 2 when the suite or the config cannot be used or the
+//! in-process gateway does not start (an unreachable `--url` fails every case instead).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,8 +37,9 @@ pub struct RunArgs {
     /// A running gateway (`http://host:port`); without it one is started in this process.
     #[arg(long, conflicts_with = "config")]
     pub url: Option<String>,
-    /// The config the in-process gateway is started from.
-    #[arg(long, short, env = "SLUICE_CONFIG")]
+    /// The config the in-process gateway is started from [default: $SLUICE_CONFIG, else
+    /// config/sluice.toml].
+    #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// The environment variable that holds the API key to send.
     #[arg(long, default_value = "SLUICE_API_KEY")]
@@ -123,9 +125,12 @@ async fn run_suite(suite: &Suite, args: &RunArgs) -> anyhow::Result<Record> {
     let (url, target, gateway) = match &args.url {
         Some(url) => (url.clone(), None, None),
         None => {
+            // Read here rather than by clap, where a value from the environment would
+            // conflict with `--url`.
             let path = args
                 .config
                 .clone()
+                .or_else(|| std::env::var_os("SLUICE_CONFIG").map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
             let g = start(&path).await?;
             (
