@@ -12,6 +12,7 @@ pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod guardrails;
 pub mod handlers;
 pub mod heap;

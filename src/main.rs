@@ -37,6 +37,9 @@ enum Command {
     /// Work with audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run golden-set suites through the gateway.
+    #[command(subcommand)]
+    Eval(sluice::eval::cli::EvalCommand),
 }
 
 #[derive(Subcommand)]
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
         Command::Models(ModelsCommand::Pull { config }) => pull(&config),
         Command::Guardrails(cmd) => guardrails(cmd),
         Command::Audit(AuditCommand::Verify { path, json }) => verify_audit(&path, json),
+        Command::Eval(cmd) => sluice::eval::cli::main(cmd),
         Command::Keys(KeysCommand::Hash) => {
             let mut key = String::new();
             if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {

@@ -10,6 +10,7 @@ mod common;
 mod audit_chain;
 mod candle_model;
 mod clients;
+mod eval;
 mod gateway;
 mod guardrails;
 mod guardrails_fields;
