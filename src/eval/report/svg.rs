@@ -70,7 +70,7 @@ pub fn score_bars(items: &[(String, f64)]) -> String {
 /// record's p50 and p95 as dashed lines.
 pub fn latency_curve(cases: &[(String, f64, bool)], p50: Option<f64>, p95: Option<f64>) -> String {
     let height = 220.0;
-    let (left, bottom, top) = (56.0, 24.0, 12.0);
+    let (left, bottom, top) = (56.0, 24.0, 24.0);
     let span_x = WIDTH - left - 12.0;
     let span_y = height - bottom - top;
     let mut sorted: Vec<&(String, f64, bool)> = cases.iter().filter(|c| c.1.is_finite()).collect();
@@ -79,7 +79,9 @@ pub fn latency_curve(cases: &[(String, f64, bool)], p50: Option<f64>, p95: Optio
         .last()
         .map_or(1.0, |c| c.1)
         .max(p95.unwrap_or(0.0))
-        .max(1e-9);
+        .max(1e-9)
+        // Headroom, so the slowest bar does not touch the frame.
+        * 1.05;
     let y_of = |ms: f64| top + span_y * (1.0 - ms / max);
     let mut s = open(height, "Latency of each case, sorted, with p50 and p95");
     for tick in [0.0, 0.5, 1.0] {
@@ -108,15 +110,16 @@ pub fn latency_curve(cases: &[(String, f64, bool)], p50: Option<f64>, p95: Optio
             ms(*latency)
         );
     }
-    for (name, value) in [("p50", p50), ("p95", p95)] {
+    // p95 is labelled above its line and p50 below, so the two stay legible when they are close.
+    for (name, value, dy) in [("p50", p50, 14.0), ("p95", p95, -5.0)] {
         if let Some(v) = value {
             let y = y_of(v);
             let _ = write!(
                 s,
-                r#"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{INK}" stroke-dasharray="5 4"/><text x="{:.1}" y="{:.1}" fill="{INK}" text-anchor="end">{name} {} ms</text>"#,
+                r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{INK}" stroke-dasharray="5 4"/><text x="{:.1}" y="{:.1}" fill="{INK}" text-anchor="end" stroke="#fff" stroke-width="3" paint-order="stroke">{name} {} ms</text>"##,
                 WIDTH - 12.0,
                 WIDTH - 14.0,
-                y - 4.0,
+                y + dy,
                 ms(v)
             );
         }
