@@ -595,6 +595,24 @@ async fn compare_flags_a_worse_model_on_the_same_dataset() {
     let run = sluice_eval_cmd(&["compare", &p(&cand), &p(&base)]).await;
     assert_eq!(run.code, Some(0), "{}", run.stdout);
 
+    // A report against the baseline carries the verdict and names the regressed cases.
+    let out = dir.join("against");
+    let run = sluice_eval_cmd(&[
+        "report",
+        &p(&cand),
+        "--baseline",
+        &p(&base),
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "html",
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let page = std::fs::read_to_string(run.stdout.trim()).unwrap();
+    assert!(page.contains("Regressed significantly"));
+    assert!(page.contains("Regressed (5): <a href=\"#case-0\">greeting</a>"));
+
     // A dataset that is not the same: compared, under a warning naming it.
     let copy = dir.join("copy");
     std::fs::create_dir_all(&copy).unwrap();

@@ -11,6 +11,7 @@ use super::{
     duration, escape, failure, latencies, length_buckets, percent, svg, truncate, when,
     OUTPUT_SHOWN,
 };
+use crate::eval::compare::Comparison;
 use crate::eval::read::RecordView;
 
 const STYLE: &str = r#"
@@ -57,11 +58,14 @@ details summary { cursor: pointer; color: var(--accent); font-size: 13px; margin
 details pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #f1f5f9; padding: 8px;
               border-radius: 6px; max-height: 480px; overflow: auto; }
 .failed-list a { color: var(--fail); margin-right: 10px; }
+.warn { background: #fef3c7; color: #92400e; border-radius: 6px; padding: 8px 12px; }
+td.worse { color: var(--fail); font-weight: 600; }
+.ids a { margin-right: 8px; }
 footer { color: var(--muted); font-size: 13px; margin-top: 40px; }
 "#;
 
-/// Renders `r`; `name` is the record's hash.
-pub fn render(r: &RecordView, name: &str) -> String {
+/// Renders `r`; `name` is the record's hash; `against`, what changed from a baseline.
+pub fn render(r: &RecordView, name: &str, against: Option<&Comparison>) -> String {
     let s = &r.summary;
     let ci = r.pass_rate_ci95();
     let n = s.passed + s.failed;
@@ -193,6 +197,10 @@ pub fn render(r: &RecordView, name: &str) -> String {
     );
     h.push_str("</div>\n");
 
+    if let Some(c) = against {
+        comparison(&mut h, c, r);
+    }
+
     // Charts.
     let scores: Vec<(String, f64)> = s.mean_scores.iter().map(|(k, v)| (k.clone(), *v)).collect();
     let _ = write!(
@@ -302,6 +310,110 @@ pub fn render(r: &RecordView, name: &str) -> String {
     h
 }
 
+/// The section "Against the baseline"; case ids link to the rows of `r`'s table.
+fn comparison(h: &mut String, c: &Comparison, r: &RecordView) {
+    let b = &c.baseline;
+    let _ = write!(
+        h,
+        r#"<h2>Against the baseline</h2><div class="card {}"><div class="label">Baseline <code>{}</code> · model {} · {}</div><div class="value">{}</div>"#,
+        if c.verdict.regressed { "bad" } else { "good" },
+        escape(&b.record),
+        escape(&b.model),
+        escape(&b.target),
+        if c.verdict.regressed {
+            "Regressed significantly"
+        } else {
+            "Not significantly worse"
+        }
+    );
+    for w in &c.warnings {
+        let _ = write!(
+            h,
+            r#"<p class="warn"><strong>Not comparable:</strong> {}</p>"#,
+            escape(w)
+        );
+    }
+    if !c.verdict.reasons.is_empty() {
+        h.push_str("<ul>");
+        for reason in &c.verdict.reasons {
+            let _ = write!(h, "<li>{}</li>", escape(reason));
+        }
+        h.push_str("</ul>");
+    }
+    let pf = &c.pass_fail;
+    let _ = write!(
+        h,
+        r#"<p class="note">Pass rate {} → {} · {} paired cases · {} pass → fail · {} fail → pass · McNemar exact p = {:.4}</p></div>"#,
+        percent(b.pass_rate),
+        percent(c.candidate.pass_rate),
+        pf.paired,
+        pf.pass_to_fail,
+        pf.fail_to_pass,
+        pf.p_value
+    );
+    h.push_str(r#"<table style="margin-top:12px"><thead><tr><th>scorer</th><th class="num">baseline</th><th class="num">this record</th><th class="num">difference</th><th class="num">95 % CI</th></tr></thead><tbody>"#);
+    let f = |x: Option<f64>| x.map_or_else(|| "–".to_owned(), |x| format!("{x:.3}"));
+    for s in &c.scorers {
+        let _ = write!(
+            h,
+            r#"<tr><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num{}">{}</td><td class="num">{}</td></tr>"#,
+            escape(&s.scorer),
+            f(s.baseline_mean),
+            f(s.candidate_mean),
+            if s.significant_regression {
+                " worse"
+            } else {
+                ""
+            },
+            s.mean_difference
+                .map_or_else(|| "–".to_owned(), |d| format!("{d:+.3}")),
+            s.ci95.map_or_else(
+                || "–".to_owned(),
+                |ci| format!("{:+.3} … {:+.3}", ci.low, ci.high)
+            )
+        );
+    }
+    h.push_str("</tbody></table>");
+    let row = |id: &str| r.cases.iter().position(|x| x.id == id);
+    for (title, ids) in [
+        (
+            "Regressed",
+            c.regressed
+                .iter()
+                .map(|x| x.id.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "Improved",
+            c.improved.iter().map(|x| x.id.as_str()).collect(),
+        ),
+        (
+            "Only in the baseline",
+            c.only_in_baseline.iter().map(String::as_str).collect(),
+        ),
+        (
+            "Only in this record",
+            c.only_in_candidate.iter().map(String::as_str).collect(),
+        ),
+    ] {
+        if ids.is_empty() {
+            continue;
+        }
+        let _ = write!(h, r#"<p class="ids">{title} ({}): "#, ids.len());
+        for id in ids {
+            match row(id) {
+                Some(i) => {
+                    let _ = write!(h, r##"<a href="#case-{i}">{}</a> "##, escape(id));
+                }
+                None => {
+                    let _ = write!(h, "<code>{}</code> ", escape(id));
+                }
+            }
+        }
+        h.push_str("</p>");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,7 +421,8 @@ mod tests {
     #[test]
     fn the_page_is_self_contained_and_escapes_record_text() {
         let r = crate::eval::report::tests::planted();
-        let page = render(&r, "0123abcd");
+        let page = render(&r, "0123abcd", None);
+        assert!(!page.contains("Against the baseline"));
         assert!(page.starts_with("<!DOCTYPE html>") && page.ends_with("</html>\n"));
         assert_eq!(page.matches("<svg").count(), 3);
         // Nothing from the record became markup: no script, no planted element or attribute.
@@ -341,5 +454,35 @@ mod tests {
         ] {
             assert!(page.contains(part), "{part}");
         }
+    }
+
+    #[test]
+    fn against_a_baseline_the_page_names_what_regressed() {
+        let r = crate::eval::report::tests::planted();
+        let mut base = r.clone();
+        base.dataset.sha256 = "<other>".into();
+        base.cases[1].passed = true;
+        base.cases[1].scores[0].score = 1.0;
+        base.cases[1].scores[0].passed = true;
+        let c = Comparison::of(&base, &r, ["base<1>.json", "cand.json"]);
+        let page = render(&r, "0123abcd", Some(&c));
+        assert!(page.contains("Against the baseline"));
+        assert!(page.contains("Not comparable:</strong> the datasets differ"));
+        assert!(page.contains("base&lt;1&gt;.json") && page.contains("&lt;other&gt;"));
+        // The regressed case links to its row, its id escaped.
+        assert!(page.contains(r##"Regressed (1): <a href="#case-1">&lt;img src=x&gt;</a>"##));
+        assert!(page.contains("McNemar exact p = 1.0000"));
+        assert!(!page.contains("<img") && !page.contains("<other>"));
+        let text = crate::eval::report::markdown::render(&r, "0123abcd", Some(&c));
+        assert!(text.contains("## Against the baseline"), "{text}");
+        assert!(text.contains("Regressed (1): &lt;img src=x&gt;"), "{text}");
+        assert!(
+            text.contains("**Warning: not comparable:** the datasets differ"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| contains | 0.667 | 0.667 | -0.333 | -1.000 … +0.000 |"),
+            "{text}"
+        );
     }
 }

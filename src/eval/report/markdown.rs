@@ -8,10 +8,11 @@
 use std::fmt::Write;
 
 use super::{failure, length_buckets, percent, truncate, when, OUTPUT_SHOWN};
+use crate::eval::compare::Comparison;
 use crate::eval::read::RecordView;
 
-/// Renders `r`; `name` is the record's hash.
-pub fn render(r: &RecordView, name: &str) -> String {
+/// Renders `r`; `name` is the record's hash; `against`, what changed from a baseline.
+pub fn render(r: &RecordView, name: &str, against: Option<&Comparison>) -> String {
     let s = &r.summary;
     let ci = r.pass_rate_ci95();
     let mut out = String::new();
@@ -70,6 +71,10 @@ pub fn render(r: &RecordView, name: &str) -> String {
         s.outputs.guardrail.blocked_input,
         s.outputs.guardrail.blocked_output
     );
+
+    if let Some(c) = against {
+        comparison(&mut out, c);
+    }
 
     out.push_str("\n## Scores\n\n| scorer | mean | |\n| --- | ---: | --- |\n");
     for (name, mean) in &s.mean_scores {
@@ -142,6 +147,83 @@ pub fn render(r: &RecordView, name: &str) -> String {
     out
 }
 
+/// The section "Against the baseline".
+fn comparison(out: &mut String, c: &Comparison) {
+    let b = &c.baseline;
+    let _ = write!(
+        out,
+        "\n## Against the baseline\n\nBaseline `{}` (model {}, {}): **{}**.\n\n",
+        code(&b.record),
+        md(&b.model),
+        md(&b.target),
+        if c.verdict.regressed {
+            "regressed significantly"
+        } else {
+            "not significantly worse"
+        }
+    );
+    for w in &c.warnings {
+        let _ = writeln!(out, "> **Warning: not comparable:** {}\n", md(w));
+    }
+    for r in &c.verdict.reasons {
+        let _ = writeln!(out, "- {}", md(r));
+    }
+    let pf = &c.pass_fail;
+    let _ = write!(
+        out,
+        "\nPass rate {} → {}; {} paired cases, {} pass → fail, {} fail → pass, McNemar exact p = {:.4}.\n\n",
+        percent(b.pass_rate),
+        percent(c.candidate.pass_rate),
+        pf.paired,
+        pf.pass_to_fail,
+        pf.fail_to_pass,
+        pf.p_value
+    );
+    out.push_str("| scorer | baseline | this record | difference | 95 % CI |\n| --- | ---: | ---: | ---: | --- |\n");
+    let f = |x: Option<f64>| x.map_or_else(|| "–".to_owned(), |x| format!("{x:.3}"));
+    for s in &c.scorers {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            md(&s.scorer),
+            f(s.baseline_mean),
+            f(s.candidate_mean),
+            s.mean_difference
+                .map_or_else(|| "–".to_owned(), |d| format!("{d:+.3}")),
+            s.ci95.map_or_else(
+                || "–".to_owned(),
+                |ci| format!("{:+.3} … {:+.3}", ci.low, ci.high)
+            )
+        );
+    }
+    let ids = |title: &str, ids: Vec<&str>, out: &mut String| {
+        if !ids.is_empty() {
+            let ids: Vec<String> = ids.into_iter().map(md).collect();
+            let _ = writeln!(out, "\n{title} ({}): {}", ids.len(), ids.join(", "));
+        }
+    };
+    ids(
+        "Regressed",
+        c.regressed.iter().map(|x| x.id.as_str()).collect(),
+        out,
+    );
+    ids(
+        "Improved",
+        c.improved.iter().map(|x| x.id.as_str()).collect(),
+        out,
+    );
+    ids(
+        "Only in the baseline",
+        c.only_in_baseline.iter().map(String::as_str).collect(),
+        out,
+    );
+    ids(
+        "Only in this record",
+        c.only_in_candidate.iter().map(String::as_str).collect(),
+        out,
+    );
+}
+
 /// Record text for a table cell or a line: HTML and Markdown escaped, on one line.
 fn md(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -174,7 +256,8 @@ mod tests {
     #[test]
     fn the_markdown_has_every_part_and_escapes_record_text() {
         let r = crate::eval::report::tests::planted();
-        let text = render(&r, "0123abcd");
+        let text = render(&r, "0123abcd", None);
+        assert!(!text.contains("Against the baseline"));
         for part in [
             "# Eval report: s&lt;i&gt;",
             "## Summary",

@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::compare::Comparison;
 use super::read::{self, RecordView};
 
 pub mod html;
@@ -34,6 +35,10 @@ pub struct ReportArgs {
     /// Which files to write.
     #[arg(long, value_enum, default_value_t = Format::Both)]
     pub format: Format,
+    /// A baseline record (named as RECORD is): the report adds what changed against it, as
+    /// `eval compare BASELINE RECORD` finds it.
+    #[arg(long)]
+    pub baseline: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,8 +48,9 @@ pub enum Format {
     Both,
 }
 
-/// Runs `sluice eval report`: prints the paths written; exit 0, or 2 when the record cannot be
-/// read or a file cannot be written.
+/// Runs `sluice eval report`: prints the paths written; exit 0 (a report is not a gate, even
+/// against a baseline it regressed from), or 2 when a record cannot be read or a file cannot be
+/// written.
 pub fn main(args: ReportArgs) -> ExitCode {
     let stored = match read::load(&args.record, &args.records) {
         Ok(s) => s,
@@ -52,6 +58,23 @@ pub fn main(args: ReportArgs) -> ExitCode {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
+    };
+    let against = match &args.baseline {
+        None => None,
+        Some(arg) => match read::load(arg, &args.records) {
+            Ok(base) => Some(Comparison::of(
+                &base.record,
+                &stored.record,
+                [
+                    &base.path.display().to_string(),
+                    &stored.path.display().to_string(),
+                ],
+            )),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let name = if stored.hash.is_empty() {
         "report".to_owned()
@@ -62,13 +85,13 @@ pub fn main(args: ReportArgs) -> ExitCode {
     if args.format != Format::Html {
         files.push((
             args.out.join(format!("{name}.md")),
-            markdown::render(&stored.record, &name),
+            markdown::render(&stored.record, &name, against.as_ref()),
         ));
     }
     if args.format != Format::Md {
         files.push((
             args.out.join(format!("{name}.html")),
-            html::render(&stored.record, &name),
+            html::render(&stored.record, &name, against.as_ref()),
         ));
     }
     if let Err(e) = std::fs::create_dir_all(&args.out) {
