@@ -28,6 +28,11 @@ pub enum EvalCommand {
     /// Run a suite's golden set through a gateway, score it and write a record; exit 1 when the
     /// suite's threshold is not met.
     Run(RunArgs),
+    /// Compare a candidate record with a baseline, case by case, with significance tests; exit 1
+    /// when the candidate is significantly worse.
+    Compare(super::compare::CompareArgs),
+    /// Render a record as a Markdown file and a self-contained HTML page.
+    Report(super::report::ReportArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,6 +78,8 @@ struct InProcess {
 pub fn main(command: EvalCommand) -> ExitCode {
     match command {
         EvalCommand::Run(args) => run(args),
+        EvalCommand::Compare(args) => super::compare::main(args),
+        EvalCommand::Report(args) => super::report::main(args),
     }
 }
 

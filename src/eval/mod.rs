@@ -7,15 +7,19 @@
 //! threshold ([`suite`]). [`runner`] sends every case through the real request path (keys,
 //! limits, guardrails, routing) with the [`client`], and [`record`] keeps what the run measured
 //! as a content-addressed file, with the [`stats`] a later run is compared against.
-//! [`cli`] is `sluice eval run`.
+//! [`cli`] is `sluice eval run`; [`compare`] tells what changed between two records and
+//! [`report`] renders one for people, both through the lenient reader of [`read`].
 //!
 //! The suite and record formats are described in docs/EVALS.md.
 
 pub mod cli;
 pub mod client;
+pub mod compare;
 pub mod dataset;
 pub mod normalise;
+pub mod read;
 pub mod record;
+pub mod report;
 pub mod runner;
 pub mod scorers;
 pub mod stats;

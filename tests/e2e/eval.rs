@@ -455,3 +455,267 @@ fn every_shipped_suite_loads() {
     // A dataset no suite names would never be parsed.
     assert_eq!(datasets, used);
 }
+
+/// The mock upstream's answer in the worse runs: wrong for every case of the mock-remote suite,
+/// and model text carrying markup a report must not let through.
+const WORSE: &str = "<script>alert('pwned')</script> Sorry, an error occurred.";
+
+/// Runs `sluice eval ARGS…` (any subcommand), with no key, for at most 60 s.
+async fn sluice_eval_cmd(args: &[&str]) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("eval")
+        .args(args)
+        .env_remove("SLUICE_API_KEY")
+        .env_remove("SLUICE_CONFIG")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("sluice eval did not finish in 60 s")
+        .unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A config serving model `mock` (the shipped mock-remote suite's model) from `upstream`.
+fn mock_model_config(dir: &Path, name: &str, upstream: &MockUpstream) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[backends.up]\ntype = \"openai\"\nbase_url = \"{}\"\n[models.mock]\nbackend = \"up\"\n",
+            upstream.base_url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs `suite` in-process on `config`, writing to `records`; returns the record's path.
+async fn run_suite_to(suite: &Path, config: &Path, records: &Path) -> PathBuf {
+    let run = sluice_eval(
+        &[
+            suite.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--records",
+            records.to_str().unwrap(),
+            "--no-progress",
+        ],
+        None,
+    )
+    .await;
+    assert!(matches!(run.code, Some(0 | 1)), "{}", run.stderr);
+    let path = PathBuf::from(run.stdout.trim());
+    assert!(path.is_file(), "{}", run.stdout);
+    path
+}
+
+#[tokio::test]
+async fn compare_flags_a_worse_model_on_the_same_dataset() {
+    let good = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let worse = MockUpstream::start(MockConfig::with_text(WORSE))
+        .await
+        .unwrap();
+    let dir = temp_dir("compare");
+    let records = dir.join("records");
+    let suite = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/evals/mock-remote.toml"
+    ));
+    let good_config = mock_model_config(&dir, "good", &good);
+    let worse_config = mock_model_config(&dir, "worse", &worse);
+    let base = run_suite_to(suite, &good_config, &records).await;
+    let rerun = run_suite_to(suite, &good_config, &records).await;
+    let cand = run_suite_to(suite, &worse_config, &records).await;
+    assert_ne!(base, rerun, "two runs differ at least in their timings");
+    let p = |p: &PathBuf| p.to_str().unwrap().to_owned();
+
+    // The same model again: nothing changed, exit 0.
+    let run = sluice_eval_cmd(&["compare", &p(&base), &p(&rerun)]).await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("no case changed"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("not significantly worse"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("WARNING"), "{}", run.stdout);
+
+    // The worse model on the same suite and dataset: regressed, exit 1, the cases named.
+    let run = sluice_eval_cmd(&["compare", &p(&base), &p(&cand)]).await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(!run.stdout.contains("WARNING"), "{}", run.stdout);
+    for part in [
+        "REGRESSED",
+        "pass to fail greeting",
+        "pass to fail with-system",
+        "starts-with-hello: mean score -1.000",
+    ] {
+        assert!(run.stdout.contains(part), "{part}\n{}", run.stdout);
+    }
+
+    // The same as JSON, with the records named by hash prefixes in --records.
+    let stem = |p: &Path| p.file_stem().unwrap().to_str().unwrap()[..16].to_owned();
+    let run = sluice_eval_cmd(&[
+        "compare",
+        &stem(&base),
+        &stem(&cand),
+        "--records",
+        records.to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let c: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(c["verdict"]["regressed"], true);
+    let regressed: Vec<&str> = c["regressed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(regressed.contains(&"greeting") && regressed.contains(&"evals-shape"));
+    // Five cases went pass → fail, none the other way: 2/32, not below 5 % on its own; the
+    // scorers' bootstrap intervals carry the verdict.
+    assert_eq!(c["pass_fail"]["pass_to_fail"], 5);
+    assert_eq!(c["pass_fail"]["fail_to_pass"], 0);
+    assert_eq!(c["pass_fail"]["p_value"], 0.0625);
+    let regex = c["scorers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scorer"] == "starts-with-hello")
+        .unwrap();
+    assert_eq!(regex["significant_regression"], true);
+    assert!(regex["ci95"]["high"].as_f64().unwrap() < 0.0);
+    // The other way round is an improvement.
+    let run = sluice_eval_cmd(&["compare", &p(&cand), &p(&base)]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+
+    // A report against the baseline carries the verdict and names the regressed cases.
+    let out = dir.join("against");
+    let run = sluice_eval_cmd(&[
+        "report",
+        &p(&cand),
+        "--baseline",
+        &p(&base),
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "html",
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let page = std::fs::read_to_string(run.stdout.trim()).unwrap();
+    assert!(page.contains("Regressed significantly"));
+    assert!(page.contains("Regressed (5): <a href=\"#case-0\">greeting</a>"));
+
+    // A dataset that is not the same: compared, under a warning naming it.
+    let copy = dir.join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    let evals = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/evals"));
+    std::fs::copy(
+        evals.join("mock-remote.toml"),
+        copy.join("mock-remote.toml"),
+    )
+    .unwrap();
+    let mut dataset = std::fs::read_to_string(evals.join("mock-remote.jsonl")).unwrap();
+    dataset.push_str("{\"id\":\"added\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"reference\":\"Hello\"}\n");
+    std::fs::write(copy.join("mock-remote.jsonl"), dataset).unwrap();
+    let other = run_suite_to(&copy.join("mock-remote.toml"), &good_config, &records).await;
+    let run = sluice_eval_cmd(&["compare", &p(&base), &p(&other)]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("WARNING: not comparable: the datasets differ (dataset.sha256"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("the suites differ"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("only in the candidate (1): added"),
+        "{}",
+        run.stdout
+    );
+
+    // Usage and read errors are 2.
+    let run = sluice_eval_cmd(&[
+        "compare",
+        &p(&base),
+        "ffffffff",
+        "--records",
+        records.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("no record"), "{}", run.stderr);
+    let garbage = dir.join("garbage.json");
+    std::fs::write(&garbage, "{\"not\": \"a record\"}").unwrap();
+    let run = sluice_eval_cmd(&["compare", &p(&base), &p(&garbage)]).await;
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("not an eval record"), "{}", run.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn report_writes_markdown_and_a_self_contained_page() {
+    let worse = MockUpstream::start(MockConfig::with_text(WORSE))
+        .await
+        .unwrap();
+    let dir = temp_dir("report");
+    let records = dir.join("records");
+    let suite = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/evals/mock-remote.toml"
+    ));
+    let config = mock_model_config(&dir, "worse", &worse);
+    let record = run_suite_to(suite, &config, &records).await;
+    let hash = record.file_stem().unwrap().to_str().unwrap().to_owned();
+    let out = dir.join("report");
+    let run = sluice_eval_cmd(&[
+        "report",
+        &hash[..10],
+        "--records",
+        records.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let md_path = out.join(format!("{hash}.md"));
+    let html_path = out.join(format!("{hash}.html"));
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        [md_path.to_str().unwrap(), html_path.to_str().unwrap()]
+    );
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert!(html.contains("<svg"), "no chart");
+    // The planted script is text on the page, never markup.
+    assert!(!html.to_ascii_lowercase().contains("<script"));
+    assert!(html.contains("&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;"));
+    assert!(html.contains("mock-remote") && html.contains("greeting"));
+    let md = std::fs::read_to_string(&md_path).unwrap();
+    assert!(md.starts_with("# Eval report: mock-remote"), "{md}");
+    assert!(!md.contains("<script"));
+    assert!(md.contains("NOT met"));
+
+    // --format md writes the Markdown alone; an unknown record is a read error.
+    let only = dir.join("only-md");
+    let run = sluice_eval_cmd(&[
+        "report",
+        record.to_str().unwrap(),
+        "--out",
+        only.to_str().unwrap(),
+        "--format",
+        "md",
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(std::fs::read_dir(&only).unwrap().count(), 1);
+    let run = sluice_eval_cmd(&["report", "0000", "--records", records.to_str().unwrap()]).await;
+    assert_eq!(run.code, Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
