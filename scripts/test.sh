@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs on a fresh machine, then runs it.
 #   - promtool (Debian package `prometheus`) checks the metrics exposition;
+#   - headless Chromium (Debian package `chromium`) renders the eval report page;
 #   - the `openai` Python SDK drives the gateway as a real client;
 #   - the default local model is fetched once into the model cache (SLUICE_MODEL_DIR).
 set -euo pipefail
@@ -8,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -697,6 +697,16 @@ async fn report_writes_markdown_and_a_self_contained_page() {
     assert!(!html.to_ascii_lowercase().contains("<script"));
     assert!(html.contains("&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;"));
     assert!(html.contains("mock-remote") && html.contains("greeting"));
+    // A real browser renders the page: the charts are SVG elements of the document, and the
+    // planted script is a text node, not an element.
+    let dom = headless_dom(&html_path, &dir).await;
+    assert!(
+        dom.contains("<svg"),
+        "the browser built no chart: {dom:.400}"
+    );
+    assert!(dom.contains("greeting"));
+    assert!(!dom.to_ascii_lowercase().contains("<script"), "{dom}");
+    assert!(dom.contains("&lt;script&gt;alert('pwned')&lt;/script&gt;"));
     let md = std::fs::read_to_string(&md_path).unwrap();
     assert!(md.starts_with("# Eval report: mock-remote"), "{md}");
     assert!(!md.contains("<script"));
@@ -718,4 +728,31 @@ async fn report_writes_markdown_and_a_self_contained_page() {
     let run = sluice_eval_cmd(&["report", "0000", "--records", records.to_str().unwrap()]).await;
     assert_eq!(run.code, Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The document headless Chromium builds from a page, serialised (`--dump-dom`).
+async fn headless_dom(page: &Path, scratch: &Path) -> String {
+    let profile = scratch.join("chromium-profile");
+    let mut cmd = tokio::process::Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg("--dump-dom")
+    .arg(format!("file://{}", page.display()))
+    .kill_on_drop(true)
+    .stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("chromium did not finish in 60 s")
+        .expect("chromium must be installed (Debian package `chromium`)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
