@@ -306,6 +306,35 @@ impl Prompt {
     }
 }
 
+/// What `sluice prompts check` warns about beyond what loading refuses: declared variables that
+/// no message uses, and prompts without test cases.
+pub fn lint(p: &Prompt) -> Vec<String> {
+    let mut used = std::collections::HashSet::new();
+    for m in &p.messages {
+        used.extend(render::template_names(&m.content).unwrap_or_default());
+    }
+    let mut out: Vec<String> = p
+        .variables
+        .keys()
+        .filter(|v| !used.contains(*v))
+        .map(|v| {
+            format!(
+                "{}: prompt `{}`: variable `{v}` is declared but no message uses it",
+                p.file.display(),
+                p.id
+            )
+        })
+        .collect();
+    if p.tests.is_empty() {
+        out.push(format!(
+            "{}: prompt `{}` has no `[[prompt.test]]` cases",
+            p.file.display(),
+            p.id
+        ));
+    }
+    out
+}
+
 /// The version of a file's bytes: as the policy version is written, 16 hex digits.
 pub fn version(bytes: &[u8]) -> String {
     Sha256::digest(bytes)[..8]
@@ -468,6 +497,17 @@ expect_error = "needs the variable `customer`"
             assert!(e.starts_with("p.toml: "), "{e}");
             assert!(e.contains(needle), "{needle:?} not in {e}");
         }
+    }
+
+    #[test]
+    fn lint_names_unused_variables_and_untested_prompts() {
+        let text = GOOD.replace("{% if tone %}, {{ tone }}{% endif %}", "");
+        let text = &text[..text.find("[[prompt.test]]").unwrap()];
+        let w = lint(&parse(text).unwrap());
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("variable `tone` is declared but no message uses it"));
+        assert!(w[1].contains("no `[[prompt.test]]` cases"));
+        assert!(lint(&parse(GOOD).unwrap()).is_empty());
     }
 
     #[test]

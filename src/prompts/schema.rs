@@ -60,6 +60,24 @@ impl VarType {
     }
 }
 
+/// A `--var NAME=VALUE` of `sluice prompts render`, read as the variable's type (a string for
+/// a name the prompt does not declare, which the check then names).
+pub fn cli_value(var: Option<&Variable>, text: &str) -> Result<Value, String> {
+    let Some(var) = var.filter(|v| v.ty != VarType::String) else {
+        return Ok(Value::String(text.to_owned()));
+    };
+    let parsed: Option<Value> = match var.ty {
+        VarType::Integer => text.parse::<i64>().ok().map(Value::from),
+        VarType::Number => text
+            .parse::<f64>()
+            .ok()
+            .and_then(|x| serde_json::Number::from_f64(x).map(Value::Number)),
+        VarType::Boolean => text.parse::<bool>().ok().map(Value::from),
+        VarType::String => None,
+    };
+    parsed.ok_or_else(|| format!("`{text}` is not a {}", var.ty.as_str()))
+}
+
 /// The JSON type of a value, for messages.
 fn json_type(v: &Value) -> &'static str {
     match v {
