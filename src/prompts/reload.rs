@@ -170,7 +170,10 @@ impl PromptReloads {
             tracing::warn!("no runtime to watch the prompt directory on; reloads come from config reloads only");
             return;
         };
-        let task = runtime.spawn(watch_loop(Arc::downgrade(self), every));
+        // The first look is taken here, not when the task first runs: an edit made between the
+        // two would otherwise be the baseline and never reloaded.
+        let seen = look(self);
+        let task = runtime.spawn(watch_loop(Arc::downgrade(self), every, seen));
         *watcher = Some((every, task));
     }
 
@@ -218,12 +221,12 @@ impl Drop for PromptReloads {
 
 type Fingerprint = Vec<(String, u64, Option<SystemTime>)>;
 
-async fn watch_loop(reloads: Weak<PromptReloads>, interval: Duration) {
-    let look =
-        |r: &PromptReloads| -> Fingerprint { r.dir().map(|d| fingerprint(&d)).unwrap_or_default() };
-    let Some(mut seen) = reloads.upgrade().map(|r| look(&r)) else {
-        return;
-    };
+/// The fingerprint of the directory the next reload reads.
+fn look(r: &PromptReloads) -> Fingerprint {
+    r.dir().map(|d| fingerprint(&d)).unwrap_or_default()
+}
+
+async fn watch_loop(reloads: Weak<PromptReloads>, interval: Duration, mut seen: Fingerprint) {
     let mut pending: Option<Fingerprint> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

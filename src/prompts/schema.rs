@@ -24,7 +24,7 @@ pub enum VarType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Variable {
     pub ty: VarType,
-    /// Absent optional variables render as `none`.
+    /// Absent optional variables are `""` (strings) or `none`.
     pub required: bool,
     /// Characters (not bytes), strings only.
     pub max_length: Option<usize>,
@@ -126,6 +126,9 @@ pub fn check(
                     ),
                 })
             }
+            // An absent string is empty (falsy in `{% if %}`, filled by `default(…, true)`), so it
+            // never renders as `none`; other absent types are `none`.
+            None | Some(Value::Null) if var.ty == VarType::String => Value::String(String::new()),
             None | Some(Value::Null) => Value::Null,
             Some(v) if !var.ty.admits(v) => {
                 return Err(VarError {
