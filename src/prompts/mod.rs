@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::file::{Prompt, PromptError};
 pub use self::reload::PromptReloads;
@@ -38,7 +38,7 @@ pub use self::render::{run_tests, TestFailure};
 
 /// Which prompt (and which version of it) a request was built from: for the response headers,
 /// the access log line and guardrail audit records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromptTag {
     pub id: String,
     pub version: String,

@@ -364,3 +364,38 @@ fn prompts_test_names_the_prompt_and_case_of_a_wrong_test() {
     assert_eq!(v[0], json!({"role": "system", "content": "Hello Ada."}));
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[tokio::test]
+async fn an_eval_suite_names_a_prompt_and_its_record_the_version_served() {
+    let root = scratch("eval");
+    let (gw, backend) = start(&root).await;
+    std::fs::write(
+        root.join("set.jsonl"),
+        "{\"id\":\"ada\",\"variables\":{\"customer\":\"Ada\",\"order\":5},\"reference\":\"Hello\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("suite.toml"),
+        "dataset = \"set.jsonl\"\nmodel = \"m\"\nprompt_id = \"greet\"\nthreshold = 1\n[[scorer]]\ntype = \"contains\"\n",
+    )
+    .unwrap();
+    let suite = sluice::eval::Suite::load(&root.join("suite.toml")).unwrap();
+    let client =
+        sluice::eval::GatewayClient::new(&gw.url(""), None, Duration::from_secs(10)).unwrap();
+    let opts = sluice::eval::RunOptions {
+        concurrency: 1,
+        retries: 0,
+        backoff: Duration::ZERO,
+        progress: false,
+        target: gw.url(""),
+    };
+    let record = sluice::eval::run(&suite, &client, &opts).await;
+    assert!(record.summary.threshold_met, "{:?}", record.cases);
+    let v = version_of(&root);
+    assert_eq!(record.prompts.get("greet"), Some(&v));
+    let json = serde_json::to_value(&record).unwrap();
+    assert_eq!(json["prompts"], json!({"greet": v}));
+    let sent = backend.requests.lock().unwrap()[0].request.messages[0].text();
+    assert_eq!(sent, "Welcome Ada.");
+    let _ = std::fs::remove_dir_all(root);
+}
