@@ -218,8 +218,12 @@ fn check(path: &std::path::Path) -> ExitCode {
                 .policy
                 .map(|p| format!(", policy version {}", p.version()))
                 .unwrap_or_default();
+            let prompts = prepared
+                .prompts
+                .map(|s| format!(", {} prompt(s)", s.prompts.len()))
+                .unwrap_or_default();
             println!(
-                "{}: ok ({} backend(s), {} model(s){policy})",
+                "{}: ok ({} backend(s), {} model(s){policy}{prompts})",
                 path.display(),
                 config.backends.len(),
                 config.models.len()
