@@ -58,6 +58,8 @@ pub struct Entry<'a> {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub error: Option<&'a str>,
+    /// The prompt id and version the request was built from, if any.
+    pub prompt: Option<(&'a str, &'a str)>,
 }
 
 const MESSAGE: &str = "request finished";
@@ -88,7 +90,7 @@ enum Value<'a> {
 
 impl Entry<'_> {
     /// The fields in the order they are written; `None` fields are left out.
-    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 13] {
+    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 15] {
         [
             ("request_id", Some(Value::Plain(self.request_id))),
             ("key", self.key.map(Value::Quoted)),
@@ -103,6 +105,8 @@ impl Entry<'_> {
             ("prompt_tokens", self.prompt_tokens.map(Value::Int)),
             ("completion_tokens", self.completion_tokens.map(Value::Int)),
             ("error", self.error.map(Value::Quoted)),
+            ("prompt", self.prompt.map(|p| Value::Plain(p.0))),
+            ("prompt_version", self.prompt.map(|p| Value::Plain(p.1))),
         ]
     }
 }
@@ -182,6 +186,8 @@ fn via_tracing(e: &Entry<'_>) {
         prompt_tokens = e.prompt_tokens,
         completion_tokens = e.completion_tokens,
         error = e.error,
+        prompt = e.prompt.map(|p| p.0),
+        prompt_version = e.prompt.map(|p| p.1),
         "request finished"
     );
 }
@@ -206,6 +212,7 @@ mod tests {
             prompt_tokens: Some(1),
             completion_tokens: Some(5),
             error: None,
+            prompt: None,
         }
     }
 
@@ -259,6 +266,24 @@ mod tests {
         assert_eq!(v["overhead_ms"].as_f64(), Some(1000.000007));
         assert_eq!(v["completion_tokens"], 5);
         assert!(v.get("error").is_none());
+    }
+
+    #[test]
+    fn a_prompt_request_names_its_prompt_and_version() {
+        let mut e = entry();
+        e.prompt = Some(("support-answer", "0123456789abcdef"));
+        let mut out = Vec::new();
+        render(&mut out, Style::Text, at(), &e);
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.ends_with(" prompt=support-answer prompt_version=0123456789abcdef\n"),
+            "{line}"
+        );
+        let mut out = Vec::new();
+        render(&mut out, Style::Json, at(), &e);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["prompt"], "support-answer");
+        assert_eq!(v["prompt_version"], "0123456789abcdef");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod log_batch;
 pub mod metrics;
 pub mod mock_upstream;
+pub mod prompts;
 pub mod request_id;
 pub mod routing;
 pub mod server;

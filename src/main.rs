@@ -34,6 +34,9 @@ enum Command {
     /// Work with guardrail policies.
     #[command(subcommand)]
     Guardrails(GuardrailsCommand),
+    /// Work with versioned prompts.
+    #[command(subcommand)]
+    Prompts(PromptsCommand),
     /// Work with audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -87,6 +90,37 @@ enum GuardrailsCommand {
         /// Scan as request input or as model output.
         #[arg(long, value_enum, default_value = "input")]
         direction: DirectionArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum PromptsCommand {
+    /// Run every prompt's test cases; fail naming each prompt and case that fails, with a diff of
+    /// the expected and the rendered text.
+    Test {
+        /// The prompt directory.
+        #[arg(default_value = "prompts")]
+        dir: PathBuf,
+    },
+    /// Parse, lint (unused variables, untested prompts) and test a prompt directory.
+    Check {
+        /// The prompt directory.
+        #[arg(default_value = "prompts")]
+        dir: PathBuf,
+    },
+    /// Render one prompt's messages with the given variables and print them as JSON.
+    Render {
+        /// The prompt id.
+        id: String,
+        /// A variable, `NAME=VALUE`, read as the variable's declared type; repeatable.
+        #[arg(long = "var", value_name = "NAME=VALUE")]
+        vars: Vec<String>,
+        /// All variables as one JSON object (`--var` entries are added to it).
+        #[arg(long = "vars", value_name = "JSON")]
+        vars_json: Option<String>,
+        /// The prompt directory.
+        #[arg(long, default_value = "prompts")]
+        dir: PathBuf,
     },
 }
 
@@ -151,6 +185,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Models(ModelsCommand::Pull { config }) => pull(&config),
         Command::Guardrails(cmd) => guardrails(cmd),
+        Command::Prompts(cmd) => prompts(cmd),
         Command::Audit(AuditCommand::Verify { path, json }) => verify_audit(&path, json),
         Command::Eval(cmd) => sluice::eval::cli::main(cmd),
         Command::Keys(KeysCommand::Hash) => {
@@ -183,8 +218,12 @@ fn check(path: &std::path::Path) -> ExitCode {
                 .policy
                 .map(|p| format!(", policy version {}", p.version()))
                 .unwrap_or_default();
+            let prompts = prepared
+                .prompts
+                .map(|s| format!(", {} prompt(s)", s.prompts.len()))
+                .unwrap_or_default();
             println!(
-                "{}: ok ({} backend(s), {} model(s){policy})",
+                "{}: ok ({} backend(s), {} model(s){policy}{prompts})",
                 path.display(),
                 config.backends.len(),
                 config.models.len()
@@ -322,6 +361,108 @@ fn guardrails(cmd: GuardrailsCommand) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn prompts(cmd: PromptsCommand) -> ExitCode {
+    use sluice::prompts::{file, render, PromptSet};
+    let load = |dir: &std::path::Path| {
+        PromptSet::load(dir).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        })
+    };
+    match cmd {
+        PromptsCommand::Test { dir } => {
+            let set = match load(&dir) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            report_tests(&set)
+        }
+        PromptsCommand::Check { dir } => {
+            let set = match load(&dir) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let warnings: Vec<String> = set.prompts.values().flat_map(|p| file::lint(p)).collect();
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            let code = report_tests(&set);
+            if code == ExitCode::SUCCESS {
+                println!("ok: {} ({} warning(s))", dir.display(), warnings.len());
+            }
+            code
+        }
+        PromptsCommand::Render {
+            id,
+            vars,
+            vars_json,
+            dir,
+        } => {
+            let set = match load(&dir) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let Some(prompt) = set.prompts.get(&id) else {
+                eprintln!("error: there is no prompt `{id}` in {}", dir.display());
+                return ExitCode::from(2);
+            };
+            let mut given = match vars_json.as_deref().map(serde_json::from_str) {
+                None => serde_json::Map::new(),
+                Some(Ok(serde_json::Value::Object(m))) => m,
+                Some(_) => {
+                    eprintln!("error: --vars must be a JSON object");
+                    return ExitCode::from(2);
+                }
+            };
+            for v in &vars {
+                let Some((name, text)) = v.split_once('=') else {
+                    eprintln!("error: --var `{v}` is not NAME=VALUE");
+                    return ExitCode::from(2);
+                };
+                match sluice::prompts::schema::cli_value(prompt.variables.get(name), text) {
+                    Ok(value) => {
+                        given.insert(name.to_owned(), value);
+                    }
+                    Err(e) => {
+                        eprintln!("error: --var {name}: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            match render::render(prompt, &given) {
+                Ok(messages) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&messages).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Runs a prompt set's tests for `sluice prompts test` and `check`: each failure with its diff on
+/// standard error, exit 1 if any.
+fn report_tests(set: &sluice::prompts::PromptSet) -> ExitCode {
+    let failures = sluice::prompts::run_tests(set);
+    for f in &failures {
+        eprint!("{f}");
+    }
+    if failures.is_empty() {
+        let cases: usize = set.prompts.values().map(|p| p.tests.len()).sum();
+        println!("ok: {} prompts, {cases} test cases", set.prompts.len());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{} failing test case(s)", failures.len());
+        ExitCode::FAILURE
     }
 }
 

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     /// Config reloads by result (ok, error).
     pub config_reloads: IntCounterVec,
+    /// Chat requests built from a prompt, by prompt id and version (ids come from the operator's
+    /// prompt files, so the label is bounded by config).
+    pub prompt_requests: IntCounterVec,
     /// 429s from rate limits, by limit kind and key name.
     pub rate_limited: IntCounterVec,
     /// 401s for API requests, by reason (missing_key, unknown_key): a burst is someone guessing.
@@ -186,6 +189,11 @@ impl Metrics {
                 "Config reloads by result.",
                 &["result"],
             ),
+            prompt_requests: counter(
+                "sluice_prompt_requests_total",
+                "Chat requests built from a prompt, by prompt id and version.",
+                &["prompt", "version"],
+            ),
             rate_limited: counter(
                 "sluice_rate_limited_total",
                 "Requests refused by a rate limit, by limit kind and key name.",
@@ -267,6 +275,7 @@ impl Metrics {
             Box::new(m.auth_refused.clone()),
             Box::new(m.client_timeouts.clone()),
             Box::new(m.config_reloads.clone()),
+            Box::new(m.prompt_requests.clone()),
             Box::new(m.target_requests.clone()),
             Box::new(m.fallbacks.clone()),
             Box::new(m.retries.clone()),

@@ -28,6 +28,7 @@ use crate::guardrails::reload::PolicyReloads;
 use crate::guardrails::{DecisionLog, GuardrailMetrics, GuardrailsHandle};
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
+use crate::prompts::PromptReloads;
 use crate::routing::ModelRouter;
 use crate::shutdown::ShutdownSignal;
 
@@ -57,6 +58,8 @@ pub struct AppState {
     pub guardrails: Option<GuardrailsHandle>,
     /// How `guardrails` is reloaded: from the directory the running config names.
     pub policy_reloads: Option<Arc<PolicyReloads>>,
+    /// The prompts served (an empty set without `[prompts]`), reloaded as the policy is.
+    pub prompts: Arc<PromptReloads>,
     pub in_flight: InFlight,
     pub shutdown: ShutdownSignal,
     /// Fixed at start: sockets and timeouts do not change on reload.
@@ -100,7 +103,10 @@ impl AppState {
         shutdown: ShutdownSignal,
     ) -> anyhow::Result<AppState> {
         let Prepared {
-            audit, warnings, ..
+            audit,
+            warnings,
+            prompts,
+            ..
         } = prepare(config).map_err(|e| anyhow::anyhow!("{}: {e}", config.source.display()))?;
         for w in &warnings {
             tracing::warn!("{w}");
@@ -128,10 +134,16 @@ impl AppState {
                 (Some(handle), Some(reloads))
             }
         };
+        let prompts = Arc::new(PromptReloads::new(
+            prompts.unwrap_or_default(),
+            audit.clone(),
+        ));
+        prompts.watch(config.prompts.as_ref().and_then(|p| p.watch_interval));
         let in_flight = InFlight::new(metrics.in_flight.clone());
         Ok(AppState {
             guardrails,
             policy_reloads,
+            prompts,
             live: ArcSwap::from_pointee(Live {
                 routes: routes(routers),
                 backends,
@@ -277,6 +289,16 @@ impl AppState {
             }
             reloads.watch(g.watch_interval);
         }
+        // The prompts are read again from the directory the new config names (none: no prompts),
+        // so an edit made since the check is served too; a refused set keeps the old one.
+        let (r, dir, who) = (
+            self.prompts.clone(),
+            config.prompts.as_ref().map(|p| p.dir.clone()),
+            who.to_owned(),
+        );
+        let _ = tokio::task::spawn_blocking(move || r.reload_from(&who, dir)).await;
+        self.prompts
+            .watch(config.prompts.as_ref().and_then(|p| p.watch_interval));
         applied.policy_version = self.guardrails.as_ref().map(|g| g.version().to_string());
         self.limits.reload(&config);
         self.live.store(Arc::new(Live {

@@ -14,6 +14,7 @@ use crate::audit::AuditLog;
 use crate::backends::openai::OpenAiBackend;
 use crate::guardrails::reload::{load_checked, ReloadError};
 use crate::guardrails::Policy;
+use crate::prompts::PromptSet;
 
 /// A config that will serve, with what serving it needs.
 pub struct Prepared {
@@ -21,6 +22,8 @@ pub struct Prepared {
     pub audit: AuditLog,
     /// The policy in `[guardrails] dir`, compiled, every rule's tests passed.
     pub policy: Option<Arc<Policy>>,
+    /// The prompts in `[prompts] dir`, every test case passed.
+    pub prompts: Option<PromptSet>,
     /// What will not stop the gateway but will not serve as written: a local model file that is
     /// not there, so its backend answers 503.
     pub warnings: Vec<String>,
@@ -39,6 +42,9 @@ pub enum CheckError {
     /// The policy's own message names the file (the directory, when it cannot be read).
     #[error("`guardrails.dir`: {source}")]
     Policy { dir: String, source: ReloadError },
+    /// The prompts' own message names the file, the prompt and the case.
+    #[error("`prompts.dir`: {0}")]
+    Prompts(crate::prompts::reload::ReloadError),
 }
 
 /// Checks everything start-up checks before it binds a socket, opening and compiling what it
@@ -90,9 +96,24 @@ pub fn prepare(config: &Config) -> Result<Prepared, CheckError> {
             source,
         })?),
     };
+    let prompts = match &config.prompts {
+        None => None,
+        Some(p) => Some(crate::prompts::reload::load_checked(&p.dir).map_err(CheckError::Prompts)?),
+    };
+    for p in prompts.iter().flat_map(|s| s.prompts.values()) {
+        if !config.models.contains_key(&p.model) {
+            warnings.push(format!(
+                "`prompts.dir`: prompt `{}` ({}) is written for the model `{}`, which this config does not serve; requests for it answer 404",
+                p.id,
+                p.file.display(),
+                p.model
+            ));
+        }
+    }
     Ok(Prepared {
         audit,
         policy,
+        prompts,
         warnings,
     })
 }
@@ -104,6 +125,7 @@ impl std::fmt::Debug for Prepared {
         f.debug_struct("Prepared")
             .field("audit", &self.audit)
             .field("policy", &self.policy.as_ref().map(|p| p.version()))
+            .field("prompts", &self.prompts.as_ref().map(PromptSet::versions))
             .field("warnings", &self.warnings)
             .finish()
     }
@@ -136,6 +158,20 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.starts_with("`guardrails.dir`: "), "{msg}");
         assert!(msg.contains("no-such-policy"), "{msg}");
+    }
+
+    #[test]
+    fn the_shipped_prompts_prepare_and_a_missing_dir_is_named() {
+        let p = prepare(&config("[prompts]\ndir = \"prompts\"\n")).unwrap();
+        assert!(p
+            .prompts
+            .is_some_and(|s| s.prompts.contains_key("summarise")));
+        let e = prepare(&config("[prompts]\ndir = \"no-such-prompts\"\n")).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("`prompts.dir`: ") && msg.contains("no-such-prompts"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Config {
     pub audit_path: Option<PathBuf>,
     /// The guardrail policy, when one is configured.
     pub guardrails: Option<GuardrailsConfig>,
+    /// The prompt directory, when one is configured.
+    pub prompts: Option<PromptsConfig>,
     /// The file this came from, for messages.
     pub source: PathBuf,
 }
@@ -62,6 +64,15 @@ pub struct GuardrailsConfig {
     /// The policy directory (`*.toml` rule files), relative paths resolved against the config file.
     pub dir: PathBuf,
     /// How often the directory is polled for changes; `None` reloads on SIGHUP only.
+    pub watch_interval: Option<Duration>,
+}
+
+/// `[prompts]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptsConfig {
+    /// The prompt directory (`*.toml` prompt files), relative paths resolved against the config file.
+    pub dir: PathBuf,
+    /// How often the directory is polled for changes; `None` reloads with the config only.
     pub watch_interval: Option<Duration>,
 }
 
@@ -553,6 +564,16 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
                         Some(d),
                         Duration::ZERO,
                     )?),
+                },
+            }),
+        },
+        prompts: match raw.prompts {
+            None => None,
+            Some(p) => Some(PromptsConfig {
+                dir: base_dir.join(&p.dir),
+                watch_interval: match p.watch_interval.as_deref() {
+                    None | Some("off") => None,
+                    Some(d) => Some(duration("prompts.watch_interval", Some(d), Duration::ZERO)?),
                 },
             }),
         },

@@ -34,12 +34,21 @@ pub struct RawConfig {
     #[serde(default)]
     pub audit: RawAudit,
     pub guardrails: Option<RawGuardrails>,
+    pub prompts: Option<RawPrompts>,
 }
 
 /// `[guardrails]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGuardrails {
+    pub dir: String,
+    pub watch_interval: Option<String>,
+}
+
+/// `[prompts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrompts {
     pub dir: String,
     pub watch_interval: Option<String>,
 }

@@ -52,6 +52,8 @@ pub struct Completion {
     pub finish_reason: Option<String>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// `x-sluice-prompt-id` and `x-sluice-prompt-version`, when the request named a prompt.
+    pub prompt: Option<crate::prompts::PromptTag>,
 }
 
 /// A request that did not get an answer or a refusal.
@@ -145,6 +147,15 @@ impl GatewayClient {
             message: format!("request failed: {}", chain(&e)),
         })?;
         let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let prompt = header("x-sluice-prompt-id")
+            .zip(header("x-sluice-prompt-version"))
+            .map(|(id, version)| crate::prompts::PromptTag { id, version });
         let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
@@ -153,7 +164,11 @@ impl GatewayClient {
                 message: format!("reading the answer failed: {}", chain(e.as_ref())),
             })?
             .to_bytes();
-        read(status, &body)
+        let mut outcome = read(status, &body)?;
+        if let Outcome::Answer(c) = &mut outcome {
+            c.prompt = prompt;
+        }
+        Ok(outcome)
     }
 }
 
@@ -197,6 +212,7 @@ pub fn read(status: u16, body: &[u8]) -> Result<Outcome, CallError> {
         finish_reason: choice["finish_reason"].as_str().map(str::to_owned),
         prompt_tokens: usage["prompt_tokens"].as_u64(),
         completion_tokens: usage["completion_tokens"].as_u64(),
+        prompt: None,
     }))
 }
 

@@ -43,6 +43,8 @@ pub struct Case {
     pub references: Vec<String>,
     pub expect: Expect,
     pub tags: Vec<String>,
+    /// For a suite's `prompt_id`: the variables sent in the request's `prompt`.
+    pub variables: Option<Map<String, Value>>,
 }
 
 /// Per-case expectations of the scorers that need more than a reference.
@@ -83,6 +85,8 @@ pub enum GuardrailExpect {
 pub struct Template<'a> {
     pub prompt: Option<&'a str>,
     pub system: Option<&'a str>,
+    /// The suite names a gateway prompt: `variables` are sent as they are, for the gateway.
+    pub prompt_id: bool,
 }
 
 /// A case in Sluice's own shape.
@@ -173,6 +177,20 @@ fn parse_line(line: &str, number: usize, template: &Template<'_>) -> Result<Case
             format!("`{key}`: {}", e.inner())
         }
     })?;
+    if template.prompt_id {
+        let Some(vars) = raw.variables else {
+            return Err("the suite names a `prompt_id`: a case needs `variables`".into());
+        };
+        return Ok(Case {
+            id: raw.id.unwrap_or_else(|| format!("line-{number}")),
+            line: number,
+            messages: raw.messages.unwrap_or_default(),
+            references: raw.reference.map(OneOrMany::into_vec).unwrap_or_default(),
+            expect: raw.expect,
+            tags: raw.tags,
+            variables: Some(vars),
+        });
+    }
     let user = match (raw.messages, raw.variables) {
         (Some(m), None) => m,
         (None, Some(vars)) => vec![user_message(render(template, &vars)?)],
@@ -189,6 +207,7 @@ fn parse_line(line: &str, number: usize, template: &Template<'_>) -> Result<Case
         references: raw.reference.map(OneOrMany::into_vec).unwrap_or_default(),
         expect: raw.expect,
         tags: raw.tags,
+        variables: None,
     })
 }
 
@@ -206,6 +225,7 @@ fn parse_evals(value: Value, number: usize, template: &Template<'_>) -> Result<C
         references: raw.ideal.map(OneOrMany::into_vec).unwrap_or_default(),
         expect: Expect::default(),
         tags: Vec::new(),
+        variables: None,
     })
 }
 
@@ -269,6 +289,7 @@ mod tests {
     const NO_TEMPLATE: Template<'static> = Template {
         prompt: None,
         system: None,
+        prompt_id: false,
     };
 
     fn load(text: &str, template: &Template<'_>) -> Result<Dataset, String> {
@@ -305,6 +326,7 @@ mod tests {
         let t = Template {
             prompt: Some("Capital of {{ country }}?"),
             system: Some("Answer in one word."),
+            prompt_id: false,
         };
         let d = load(r#"{"variables":{"country":"Peru"},"reference":"Lima"}"#, &t).unwrap();
         let m = &d.cases[0].messages;

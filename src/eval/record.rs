@@ -33,6 +33,9 @@ pub struct Record {
     /// Where the cases were sent: a URL (without credentials), or `in-process:<config>`.
     pub target: String,
     pub request: RequestSettings,
+    /// `id → version` of the gateway prompts the answers came from (`x-sluice-prompt-*`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prompts: BTreeMap<String, String>,
     /// The Sluice version that ran the suite.
     pub sluice_version: String,
     /// Unix time (seconds) when the run started.
@@ -108,6 +111,9 @@ pub struct GuardrailTrips {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaseRecord {
     pub id: String,
+    /// The gateway prompt the answer came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<crate::prompts::PromptTag>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     pub passed: bool,
@@ -233,6 +239,7 @@ mod tests {
     fn case(id: &str, passed: bool, status: Option<u16>, output: &str) -> CaseRecord {
         CaseRecord {
             id: id.into(),
+            prompt: None,
             tags: Vec::new(),
             passed,
             output: output.into(),

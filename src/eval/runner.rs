@@ -83,6 +83,11 @@ pub async fn run(suite: &Suite, client: &GatewayClient, opts: &RunOptions) -> Re
         model: suite.model.clone(),
         target: opts.target.clone(),
         request: suite.request.clone(),
+        prompts: cases
+            .iter()
+            .filter_map(|c| c.prompt.as_ref())
+            .map(|p| (p.id.clone(), p.version.clone()))
+            .collect(),
         sluice_version: env!("CARGO_PKG_VERSION").into(),
         started_at,
         duration_ms: ms(started.elapsed()),
@@ -100,6 +105,7 @@ async fn run_case(
     let sent = send(client, &request_body(suite, case), opts).await;
     let mut record = CaseRecord {
         id: case.id.clone(),
+        prompt: None,
         tags: case.tags.clone(),
         passed: false,
         output: String::new(),
@@ -123,6 +129,7 @@ async fn run_case(
             record.finish_reason = c.finish_reason;
             record.prompt_tokens = c.prompt_tokens;
             record.completion_tokens = c.completion_tokens;
+            record.prompt = c.prompt;
             None
         }
         Ok(Outcome::Refused {
@@ -190,6 +197,15 @@ pub fn request_body(suite: &Suite, case: &Case) -> Value {
         (body.as_object_mut(), serde_json::to_value(&suite.request))
     {
         obj.extend(settings);
+    }
+    // A gateway prompt: the gateway renders the messages; the case's own, if any, follow them.
+    if let (Some(id), Some(vars), Some(obj)) =
+        (&suite.prompt_id, &case.variables, body.as_object_mut())
+    {
+        obj.insert("prompt".into(), json!({"id": id, "variables": vars}));
+        if case.messages.is_empty() {
+            obj.remove("messages");
+        }
     }
     body
 }
@@ -326,5 +342,38 @@ mod tests {
         assert_eq!(body["max_tokens"], 8);
         assert!(body.get("seed").is_none());
         assert_eq!(body["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn a_suite_naming_a_gateway_prompt_sends_the_cases_variables() {
+        let dir = std::env::temp_dir().join(format!("sluice-runner-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("set.jsonl"),
+            "{\"variables\":{\"customer\":\"Ada\"},\"reference\":\"x\"}\n{\"reference\":\"x\"}\n",
+        )
+        .unwrap();
+        let text = "dataset = \"set.jsonl\"\nmodel = \"m\"\nprompt_id = \"greet\"\nthreshold = 1\n[[scorer]]\ntype = \"contains\"\n";
+        std::fs::write(dir.join("s.toml"), text).unwrap();
+        // A case without `variables` has nothing to fill the prompt with.
+        let e = Suite::load(&dir.join("s.toml")).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2") && e.contains("needs `variables`"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.join("set.jsonl"),
+            "{\"variables\":{\"customer\":\"Ada\"},\"reference\":\"x\"}\n",
+        )
+        .unwrap();
+        let s = Suite::load(&dir.join("s.toml")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let body = request_body(&s, &s.dataset.cases[0]);
+        assert_eq!(
+            body["prompt"],
+            json!({"id": "greet", "variables": {"customer": "Ada"}})
+        );
+        assert!(body.get("messages").is_none(), "{body}");
+        assert_eq!(body["model"], "m");
     }
 }

@@ -38,6 +38,9 @@ struct RawSuite {
     prompt: Option<String>,
     /// A system message put before every case that has none.
     system: Option<String>,
+    /// A gateway prompt (`prompts/*.toml`) the cases' `variables` fill, rendered by the gateway.
+    /// Not `prompt`, which is the suite's own template.
+    prompt_id: Option<String>,
     #[serde(default)]
     request: RequestSettings,
     #[serde(default)]
@@ -69,6 +72,8 @@ pub struct Suite {
     pub model: String,
     pub threshold: f64,
     pub request: RequestSettings,
+    /// The gateway prompt every case names, with its `variables`.
+    pub prompt_id: Option<String>,
     pub scorers: Vec<Scorer>,
     pub dataset: Dataset,
     /// The suite file, as given.
@@ -127,6 +132,7 @@ impl Suite {
             model: suite.model,
             threshold: suite.threshold,
             request: suite.request,
+            prompt_id: template.prompt_id,
             scorers: suite.scorers,
             dataset,
             path: path.to_owned(),
@@ -149,6 +155,7 @@ struct Checked {
 struct OwnedTemplate {
     prompt: Option<String>,
     system: Option<String>,
+    prompt_id: Option<String>,
 }
 
 impl OwnedTemplate {
@@ -156,6 +163,7 @@ impl OwnedTemplate {
         Template {
             prompt: self.prompt.as_deref(),
             system: self.system.as_deref(),
+            prompt_id: self.prompt_id.is_some(),
         }
     }
 }
@@ -219,6 +227,11 @@ fn validate(raw: RawSuite, path: &Path, base: &Path) -> Result<(Checked, OwnedTe
     if r.max_tokens == Some(0) {
         return Err("`request.max_tokens`: must be at least 1".into());
     }
+    if raw.prompt_id.is_some() && (raw.prompt.is_some() || raw.system.is_some()) {
+        return Err(
+            "`prompt_id`: the gateway renders the prompt; give no `prompt` or `system`".into(),
+        );
+    }
     if let Some(p) = &raw.prompt {
         minijinja::Environment::new()
             .template_from_str(p)
@@ -237,6 +250,7 @@ fn validate(raw: RawSuite, path: &Path, base: &Path) -> Result<(Checked, OwnedTe
         OwnedTemplate {
             prompt: raw.prompt,
             system: raw.system,
+            prompt_id: raw.prompt_id,
         },
     ))
 }

@@ -34,6 +34,9 @@ pub struct AuditRecord {
     /// The span's surroundings, with every finding labelled and anything that could be data
     /// masked.
     pub excerpt: String,
+    /// The prompt (`{id, version}`) the request was built from, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<crate::prompts::PromptTag>,
 }
 
 /// At most this many records wait for the writer. The channel allocates its slots in small blocks
@@ -173,6 +176,7 @@ mod tests {
             key: None,
             policy_version: "abc".into(),
             excerpt: "mail [EMAIL] now".into(),
+            prompt: None,
         });
         drop(log);
         // The forwarder thread writes once it has the record: wait for it, bounded.
@@ -207,6 +211,7 @@ mod tests {
             key: None,
             policy_version: "abc".into(),
             excerpt: "mail [EMAIL] now".into(),
+            prompt: None,
         };
         log.record(rec.clone());
         drop(log);

@@ -20,6 +20,7 @@ use super::scan::{Finding, Pushed, Scanner};
 use super::{Action, Direction};
 use crate::api::types::{ChatRequest, Content};
 use crate::error::Error;
+use crate::prompts::PromptTag;
 use crate::request_id::RequestId;
 
 /// Who a request is for: the labels of its audit records and the scope of rules.
@@ -32,6 +33,8 @@ pub struct Ctx {
     pub model: Arc<str>,
     /// The API key's configured name (never the key itself).
     pub key_name: Option<Arc<str>>,
+    /// The prompt the request was built from, named in its audit records.
+    pub prompt: Option<Arc<PromptTag>>,
 }
 
 /// One decision, for the caller's logs and tests.
@@ -112,7 +115,14 @@ impl Ctx {
             request_id: request_id.into(),
             model: model.into(),
             key_name: key_name.map(Arc::from),
+            prompt: None,
         }
+    }
+
+    /// The same context, for a request built from `prompt`.
+    pub fn with_prompt(mut self, prompt: Option<PromptTag>) -> Self {
+        self.prompt = prompt.map(Arc::new);
+        self
     }
 }
 
@@ -405,6 +415,7 @@ impl Evidence {
                 key: self.ctx.key_name.as_deref().map(str::to_owned),
                 policy_version: self.policy.version().to_string(),
                 excerpt: f.excerpt.clone(),
+                prompt: self.ctx.prompt.as_deref().cloned(),
             });
         }
         tracing::debug!(

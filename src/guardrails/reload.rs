@@ -311,7 +311,7 @@ async fn watch_loop(reloads: Weak<PolicyReloads>, interval: Duration) {
 }
 
 /// Names, sizes and modification times of the directory's files.
-fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
+pub(crate) fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

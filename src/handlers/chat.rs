@@ -38,6 +38,8 @@ const POLICY_VERSION: HeaderName = HeaderName::from_static("x-sluice-policy-vers
 const TARGET: HeaderName = HeaderName::from_static("x-sluice-target");
 const MODEL_VERSION: HeaderName = HeaderName::from_static("x-sluice-model-version");
 const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+const PROMPT_ID: HeaderName = HeaderName::from_static("x-sluice-prompt-id");
+const PROMPT_VERSION: HeaderName = HeaderName::from_static("x-sluice-prompt-version");
 
 /// A request that passed every check and has a backend stream open.
 struct Accepted {
@@ -86,7 +88,16 @@ where
         .guardrails
         .as_ref()
         .and_then(GuardrailsHandle::version_header);
-    let mut resp = match accept(&state, req, request_id, &mut record).await {
+    let accepted = accept(&state, req, request_id, &mut record).await;
+    // Every answer to a request built from a prompt names it, refusals included: a guardrail
+    // block of rendered text is the prompt's to explain.
+    let prompt = record.prompt.as_ref().map(|p| {
+        (
+            HeaderValue::from_str(&p.id).ok(),
+            HeaderValue::from_str(&p.version).ok(),
+        )
+    });
+    let mut resp = match accepted {
         Err(err) => {
             record.reject(&err);
             log_rejection(&err);
@@ -97,6 +108,15 @@ where
     };
     if let Some(v) = policy {
         resp.headers_mut().insert(POLICY_VERSION, v);
+    }
+    if let Some((id, version)) = prompt {
+        let h = resp.headers_mut();
+        if let Some(id) = id {
+            h.insert(PROMPT_ID, id);
+        }
+        if let Some(version) = version {
+            h.insert(PROMPT_VERSION, version);
+        }
     }
     resp
 }
@@ -159,6 +179,20 @@ where
             }
         })?;
 
+    // A `prompt` is rendered into the body before it is decoded, so the rendered messages pass
+    // every check below (limits, input guardrails) as the client's own would.
+    let (bytes, prompt) = match crate::prompts::request::expand(&state.prompts.current(), &bytes)? {
+        Some(e) => (e.body, Some(e.tag)),
+        None => (bytes, None),
+    };
+    if let Some(p) = &prompt {
+        state
+            .metrics
+            .prompt_requests
+            .with_label_values(&[p.id.as_str(), p.version.as_str()])
+            .inc();
+    }
+    record.prompt = prompt.clone();
     let mut request = validate::decode(&bytes)?;
     let route = state
         .live()
@@ -175,7 +209,8 @@ where
         });
     }
     validate::check(&mut request, &route.model.limits)?;
-    let guard_ctx = Ctx::new(request_id.clone(), &route.model.name, caller.name());
+    let guard_ctx =
+        Ctx::new(request_id.clone(), &route.model.name, caller.name()).with_prompt(prompt);
     if let Some(g) = &state.guardrails {
         request = check_input(g, request, &guard_ctx, bytes.len()).await?;
     }

@@ -75,6 +75,8 @@ pub struct RequestRecord {
     content_events: u64,
     /// The router already counted this request's upstream error.
     pub upstream_error_counted: bool,
+    /// The prompt the request was built from.
+    pub prompt: Option<crate::prompts::PromptTag>,
 }
 
 // === impl RequestRecord ===
@@ -102,6 +104,7 @@ impl RequestRecord {
             content_bytes: 0,
             content_events: 0,
             upstream_error_counted: false,
+            prompt: None,
         }
     }
 
@@ -224,6 +227,10 @@ impl RequestRecord {
             prompt_tokens: self.usage.map(|u| u.prompt_tokens),
             completion_tokens: self.usage.map(|u| u.completion_tokens),
             error: self.error_code.as_deref(),
+            prompt: self
+                .prompt
+                .as_ref()
+                .map(|p| (p.id.as_str(), p.version.as_str())),
         });
     }
 }

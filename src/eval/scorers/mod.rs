@@ -296,6 +296,7 @@ pub(crate) mod test_support {
             references: references.iter().map(|s| (*s).to_owned()).collect(),
             expect,
             tags: Vec::new(),
+            variables: None,
         }
     }
 
