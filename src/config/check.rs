@@ -14,6 +14,7 @@ use crate::audit::AuditLog;
 use crate::backends::openai::OpenAiBackend;
 use crate::guardrails::reload::{load_checked, ReloadError};
 use crate::guardrails::Policy;
+use crate::validation::gate::{self, Decision};
 
 /// A config that will serve, with what serving it needs.
 pub struct Prepared {
@@ -24,6 +25,9 @@ pub struct Prepared {
     /// What will not stop the gateway but will not serve as written: a local model file that is
     /// not there, so its backend answers 503.
     pub warnings: Vec<String>,
+    /// The promotion gate's admissions (on evidence or override) of every weighted target of a
+    /// gated model, for the audit log.
+    pub promotions: Vec<Decision>,
 }
 
 /// Why a config will not serve. The message names the key.
@@ -39,6 +43,12 @@ pub enum CheckError {
     /// The policy's own message names the file (the directory, when it cannot be read).
     #[error("`guardrails.dir`: {source}")]
     Policy { dir: String, source: ReloadError },
+    /// A weighted target of a gated model has no evidence (docs/VALIDATION.md).
+    #[error("{message}")]
+    Promotion {
+        message: String,
+        refused: Vec<Decision>,
+    },
 }
 
 /// Checks everything start-up checks before it binds a socket, opening and compiling what it
@@ -90,10 +100,21 @@ pub fn prepare(config: &Config) -> Result<Prepared, CheckError> {
             source,
         })?),
     };
+    let promotions = gate::check(config);
+    if let Some(message) = gate::refusal_message(&promotions) {
+        return Err(CheckError::Promotion {
+            message,
+            refused: promotions
+                .into_iter()
+                .filter(Decision::is_refused)
+                .collect(),
+        });
+    }
     Ok(Prepared {
         audit,
         policy,
         warnings,
+        promotions,
     })
 }
 
