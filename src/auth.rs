@@ -24,6 +24,12 @@ impl Caller {
         self.0.as_ref().map(|k| k.name.as_str())
     }
 
+    /// Whether this caller may pin a request to a target (`x-sluice-target`): a key with
+    /// `pin_target = true`, or anyone on an open gateway, which has no keys to tell callers apart.
+    pub fn may_pin(&self) -> bool {
+        self.0.as_ref().is_none_or(|k| k.pin_target)
+    }
+
     /// Whether this caller may use `model`.
     pub fn may_use(&self, model: &str) -> bool {
         match &self.0 {

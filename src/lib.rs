@@ -32,6 +32,7 @@ pub mod sniff;
 pub mod stack;
 pub mod state;
 pub mod telemetry;
+pub mod validation;
 pub mod workers;
 
 pub use error::{Error, Result};

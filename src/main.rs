@@ -138,6 +138,17 @@ enum ModelsCommand {
         #[arg(long, short, default_value = DEFAULT_PATH, env = "SLUICE_CONFIG")]
         config: PathBuf,
     },
+    /// Where a model serves, what it was validated on, who owns and approved it and what changed
+    /// since the approval, from the config, its records and its audit file (offline).
+    Show {
+        model: String,
+        /// The config file.
+        #[arg(long, short, default_value = DEFAULT_PATH, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -184,6 +195,11 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { path }) => check(&path),
         Command::Serve(args) => serve(args),
         Command::Models(ModelsCommand::Pull { config }) => pull(&config),
+        Command::Models(ModelsCommand::Show {
+            model,
+            config,
+            json,
+        }) => sluice::validation::cli::show(&config, &model, json),
         Command::Guardrails(cmd) => guardrails(cmd),
         Command::Prompts(cmd) => prompts(cmd),
         Command::Audit(AuditCommand::Verify { path, json }) => verify_audit(&path, json),

@@ -22,7 +22,7 @@ use tokio::sync::{watch, Mutex};
 use crate::audit::AuditLog;
 use crate::auth::KeyRing;
 use crate::backends::Backends;
-use crate::config::check::{prepare, Prepared};
+use crate::config::check::{prepare, CheckError, Prepared};
 use crate::config::{Config, ModelConfig, ServerConfig};
 use crate::guardrails::reload::PolicyReloads;
 use crate::guardrails::{DecisionLog, GuardrailMetrics, GuardrailsHandle};
@@ -106,12 +106,17 @@ impl AppState {
             audit,
             warnings,
             prompts,
+            promotions,
             ..
         } = prepare(config).map_err(|e| anyhow::anyhow!("{}: {e}", config.source.display()))?;
         for w in &warnings {
             tracing::warn!("{w}");
         }
         let audit = Arc::new(audit);
+        for d in &promotions {
+            let (event, fields) = d.audit("start");
+            audit.record(event, fields);
+        }
         let routers = ModelRouter::build_all(&config.models, &backends, &metrics, &audit)
             .map_err(|e| anyhow::anyhow!(e))?;
         let (guardrails, policy_reloads) = match &config.guardrails {
@@ -240,7 +245,16 @@ impl AppState {
         let prepared = tokio::task::spawn_blocking(move || prepare(&checking))
             .await
             .map_err(|e| format!("the check task failed: {e}"))?
-            .map_err(|e| format!("{}: {e}", source.display()))?;
+            .map_err(|e| {
+                // Each refusal is its own record, so a search for a model's promotions finds it.
+                if let CheckError::Promotion { refused, .. } = &e {
+                    for d in refused {
+                        let (event, fields) = d.audit(who);
+                        self.audit.record(event, fields);
+                    }
+                }
+                format!("{}: {e}", source.display())
+            })?;
         for w in &prepared.warnings {
             tracing::warn!("{w}");
         }
@@ -268,6 +282,23 @@ impl AppState {
         }
         // Everything is checked; from here on the reload is applied.
         self.audit.replace(prepared.audit);
+        // Only what this reload promotes: a target that had no weight, or another version.
+        for d in &prepared.promotions {
+            let was = current.config.models.get(&d.model).and_then(|m| {
+                m.targets
+                    .iter()
+                    .find(|t| t.name == d.target)
+                    .map(|t| (m, t))
+            });
+            let promoted = was.is_none_or(|(m, t)| {
+                t.weight == 0
+                    || t.version.clone().or_else(|| m.registry.version.clone()) != d.version
+            });
+            if promoted {
+                let (event, fields) = d.audit(who);
+                self.audit.record(event, fields);
+            }
+        }
         if let (Some(reloads), Some(g), Some(policy)) =
             (&self.policy_reloads, &config.guardrails, prepared.policy)
         {

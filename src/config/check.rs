@@ -15,6 +15,7 @@ use crate::backends::openai::OpenAiBackend;
 use crate::guardrails::reload::{load_checked, ReloadError};
 use crate::guardrails::Policy;
 use crate::prompts::PromptSet;
+use crate::validation::gate::{self, Decision};
 
 /// A config that will serve, with what serving it needs.
 pub struct Prepared {
@@ -27,6 +28,9 @@ pub struct Prepared {
     /// What will not stop the gateway but will not serve as written: a local model file that is
     /// not there, so its backend answers 503.
     pub warnings: Vec<String>,
+    /// The promotion gate's admissions (on evidence or override) of every weighted target of a
+    /// gated model, for the audit log.
+    pub promotions: Vec<Decision>,
 }
 
 /// Why a config will not serve. The message names the key.
@@ -45,6 +49,12 @@ pub enum CheckError {
     /// The prompts' own message names the file, the prompt and the case.
     #[error("`prompts.dir`: {0}")]
     Prompts(crate::prompts::reload::ReloadError),
+    /// A weighted target of a gated model has no evidence (docs/VALIDATION.md).
+    #[error("{message}")]
+    Promotion {
+        message: String,
+        refused: Vec<Decision>,
+    },
 }
 
 /// Checks everything start-up checks before it binds a socket, opening and compiling what it
@@ -110,11 +120,22 @@ pub fn prepare(config: &Config) -> Result<Prepared, CheckError> {
             ));
         }
     }
+    let promotions = gate::check(config);
+    if let Some(message) = gate::refusal_message(&promotions) {
+        return Err(CheckError::Promotion {
+            message,
+            refused: promotions
+                .into_iter()
+                .filter(Decision::is_refused)
+                .collect(),
+        });
+    }
     Ok(Prepared {
         audit,
         policy,
         prompts,
         warnings,
+        promotions,
     })
 }
 

@@ -54,6 +54,9 @@ pub struct Config {
     pub guardrails: Option<GuardrailsConfig>,
     /// The prompt directory, when one is configured.
     pub prompts: Option<PromptsConfig>,
+    /// Where the promotion gate finds eval records (`[validation] records`, default `records`
+    /// beside the config file).
+    pub validation_records: PathBuf,
     /// The file this came from, for messages.
     pub source: PathBuf,
 }
@@ -93,6 +96,8 @@ pub struct KeyConfig {
     /// Models this key may use; `None` allows all.
     pub models: Option<BTreeSet<String>>,
     pub rate_limits: RateLimitConfig,
+    /// Whether `x-sluice-target` is honoured for this key.
+    pub pin_target: bool,
 }
 
 impl std::fmt::Debug for KeyConfig {
@@ -101,6 +106,7 @@ impl std::fmt::Debug for KeyConfig {
             .field("name", &self.name)
             .field("models", &self.models)
             .field("rate_limits", &self.rate_limits)
+            .field("pin_target", &self.pin_target)
             .finish_non_exhaustive()
     }
 }
@@ -240,6 +246,17 @@ pub struct ModelConfig {
     pub retry: RetryConfig,
     pub breaker: BreakerConfig,
     pub registry: Registry,
+    /// The promotion gate's suite, when the model has one.
+    pub validation: Option<ModelValidation>,
+}
+
+/// `validation = { suite, min_score }` on a model, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelValidation {
+    /// The suite file, resolved against the config file's directory.
+    pub suite: PathBuf,
+    /// The pass rate a record must reach to count as evidence, 0..=1.
+    pub min_score: f64,
 }
 
 /// Who owns a model and who approved which version.
@@ -266,6 +283,8 @@ pub struct TargetConfig {
     /// Deadline for the backend to start answering, per attempt.
     pub timeout: Option<Duration>,
     pub canary: Option<CanaryConfig>,
+    /// `validation_override`: the stated reason this target may serve without evidence.
+    pub validation_override: Option<String>,
 }
 
 /// The path used when `--config` is not given.
@@ -469,6 +488,20 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
         let limits = limits(&key, &raw.limits, &m.limits)?;
         let rate_limits = rate_limits(&key, m.requests_per_minute, m.tokens_per_minute, None)?;
         let first = &targets[0];
+        let validation = match m.validation {
+            None => None,
+            Some(v) => {
+                if !(0.0..=1.0).contains(&v.min_score) {
+                    return Err(format!(
+                        "`{key}.validation.min_score` must be between 0 and 1"
+                    ));
+                }
+                Some(ModelValidation {
+                    suite: base_dir.join(&v.suite),
+                    min_score: v.min_score,
+                })
+            }
+        };
         models.insert(
             name.clone(),
             ModelConfig {
@@ -487,6 +520,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
                     version: m.version,
                     description: m.description,
                 },
+                validation,
                 targets,
             },
         );
@@ -526,6 +560,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
             name,
             sha256,
             models: allowed,
+            pin_target: k.pin_target,
         });
     }
     let mut admin_keys = Vec::new();
@@ -577,6 +612,11 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, String> {
                 },
             }),
         },
+        validation_records: base_dir.join(
+            raw.validation
+                .and_then(|v| v.records)
+                .unwrap_or_else(|| "records".into()),
+        ),
         source: path.to_path_buf(),
     })
 }
@@ -604,6 +644,7 @@ fn targets(
                 version: None,
                 timeout: None,
                 canary: None,
+                validation_override: None,
             }]);
         }
         (None, Some(t)) => t,
@@ -676,6 +717,14 @@ fn targets(
                 .map(|d| duration(&format!("{at}.timeout"), Some(d), Duration::ZERO))
                 .transpose()?,
             canary,
+            validation_override: match &t.validation_override {
+                Some(r) if r.trim().is_empty() => {
+                    return Err(format!(
+                        "`{at}.validation_override` must state the reason, not be empty"
+                    ))
+                }
+                other => other.clone(),
+            },
         });
     }
     if out.iter().all(|t| t.weight == 0) {

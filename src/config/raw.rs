@@ -35,6 +35,22 @@ pub struct RawConfig {
     pub audit: RawAudit,
     pub guardrails: Option<RawGuardrails>,
     pub prompts: Option<RawPrompts>,
+    pub validation: Option<RawValidationDir>,
+}
+
+/// `[validation]`: where the promotion gate looks for eval records.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValidationDir {
+    pub records: Option<String>,
+}
+
+/// `validation = { ... }` on a model: the suite its targets must pass before they get traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelValidation {
+    pub suite: String,
+    pub min_score: f64,
 }
 
 /// `[guardrails]`.
@@ -70,6 +86,9 @@ pub struct RawKey {
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u64>,
     pub max_concurrent: Option<usize>,
+    /// May send `x-sluice-target` to pin a request to one target (evals of a candidate).
+    #[serde(default)]
+    pub pin_target: bool,
 }
 
 /// `[admin_keys.NAME]`: a key for the admin API.
@@ -166,6 +185,8 @@ pub struct RawModel {
     pub description: Option<String>,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u64>,
+    /// The promotion gate: a suite every target with weight above 0 must have passed.
+    pub validation: Option<RawModelValidation>,
     #[serde(default, flatten)]
     pub limits: RawLimits,
 }
@@ -183,6 +204,8 @@ pub struct RawTarget {
     pub version: Option<String>,
     pub timeout: Option<String>,
     pub canary: Option<RawCanary>,
+    /// Why this target serves without evidence: admits it past the promotion gate, audited.
+    pub validation_override: Option<String>,
 }
 
 /// `canary = { ... }` on a target.

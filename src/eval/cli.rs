@@ -33,6 +33,9 @@ pub enum EvalCommand {
     Compare(super::compare::CompareArgs),
     /// Render a record as a Markdown file and a self-contained HTML page.
     Report(super::report::ReportArgs),
+    /// Check that every weighted target (or the one named) has passing eval evidence; exit 1
+    /// naming what is missing. For release pipelines (docs/VALIDATION.md).
+    Gate(crate::validation::cli::GateArgs),
 }
 
 #[derive(clap::Args)]
@@ -65,11 +68,16 @@ pub struct RunArgs {
     /// Draw no progress bar (there is none when standard error is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Pin every case to this target of the model (`x-sluice-target`), whatever its weight, to
+    /// gather a candidate's evidence; the key must have `pin_target = true`.
+    #[arg(long)]
+    pub target: Option<String>,
 }
 
 /// A gateway started for one run.
 struct InProcess {
     url: String,
+    config: Config,
     stop: tokio::sync::oneshot::Sender<()>,
     serving: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -80,6 +88,7 @@ pub fn main(command: EvalCommand) -> ExitCode {
         EvalCommand::Run(args) => run(args),
         EvalCommand::Compare(args) => super::compare::main(args),
         EvalCommand::Report(args) => super::report::main(args),
+        EvalCommand::Gate(args) => crate::validation::cli::gate(&args),
     }
 }
 
@@ -129,8 +138,8 @@ fn run(args: RunArgs) -> ExitCode {
 
 async fn run_suite(suite: &Suite, args: &RunArgs) -> anyhow::Result<Record> {
     let key = std::env::var(&args.key_env).ok();
-    let (url, target, gateway) = match &args.url {
-        Some(url) => (url.clone(), None, None),
+    let (url, target, gateway, weights_sha256) = match &args.url {
+        Some(url) => (url.clone(), None, None, None),
         None => {
             // Read here rather than by clap, where a value from the environment would
             // conflict with `--url`.
@@ -140,21 +149,31 @@ async fn run_suite(suite: &Suite, args: &RunArgs) -> anyhow::Result<Record> {
                 .or_else(|| std::env::var_os("SLUICE_CONFIG").map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
             let g = start(&path).await?;
+            let weights = args.target.as_deref().and_then(|t| {
+                let model = g.config.models.get(&suite.model)?;
+                let target = model.targets.iter().find(|x| x.name == t)?;
+                crate::validation::weights_sha256(&g.config, target)
+            });
             (
                 g.url.clone(),
                 Some(format!("in-process:{}", path.display())),
                 Some(g),
+                weights,
             )
         }
     };
-    let client =
+    let mut client =
         GatewayClient::new(&url, key.as_deref(), args.timeout).map_err(anyhow::Error::msg)?;
+    if let Some(t) = &args.target {
+        client = client.pin_target(t).map_err(anyhow::Error::msg)?;
+    }
     let opts = RunOptions {
         concurrency: usize::from(args.concurrency),
         retries: args.retries,
         backoff: Duration::from_millis(200),
         progress: !args.no_progress,
         target: target.unwrap_or_else(|| client.target()),
+        weights_sha256,
     };
     let record = runner::run(suite, &client, &opts).await;
     if let Some(g) = gateway {
@@ -170,6 +189,11 @@ async fn run_suite(suite: &Suite, args: &RunArgs) -> anyhow::Result<Record> {
 /// Starts the gateway of `path` on `127.0.0.1:0` (and its admin listener, when it has one).
 async fn start(path: &Path) -> anyhow::Result<InProcess> {
     let mut config = Config::load(path)?;
+    // This gateway serves the suite's requests only, so the promotion gate, which guards
+    // traffic, does not apply: a candidate has to be measurable before it has evidence.
+    for m in config.models.values_mut() {
+        m.validation = None;
+    }
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     config.server.listen = loopback;
     if config.admin_listen.is_some() {
@@ -183,7 +207,12 @@ async fn start(path: &Path) -> anyhow::Result<InProcess> {
     let serving = tokio::spawn(gateway.serve(async move {
         let _ = stopped.await;
     }));
-    Ok(InProcess { url, stop, serving })
+    Ok(InProcess {
+        url,
+        config,
+        stop,
+        serving,
+    })
 }
 
 /// The lines printed after a run: the figures, then each failed case's first failing score.

@@ -20,6 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use super::record::CaseServed;
+
 /// Answers larger than this are refused rather than read into memory.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -31,6 +33,8 @@ pub struct GatewayClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// The whole exchange, headers to the last byte.
     timeout: Duration,
+    /// `x-sluice-target`: the one target every request is pinned to (`--target`).
+    pin: Option<HeaderValue>,
 }
 
 /// What the gateway did with one request, short of a transport failure.
@@ -54,6 +58,8 @@ pub struct Completion {
     pub completion_tokens: Option<u64>,
     /// `x-sluice-prompt-id` and `x-sluice-prompt-version`, when the request named a prompt.
     pub prompt: Option<crate::prompts::PromptTag>,
+    /// What the gateway's headers say served the answer.
+    pub served: CaseServed,
 }
 
 /// A request that did not get an answer or a refusal.
@@ -101,7 +107,18 @@ impl GatewayClient {
             auth,
             http: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
+            pin: None,
         })
+    }
+
+    /// Pins every request to the model's target `name` (`x-sluice-target`), so a candidate is
+    /// measured alone, whatever its weight.
+    pub fn pin_target(mut self, name: &str) -> Result<Self, String> {
+        self.pin = Some(
+            HeaderValue::from_str(name)
+                .map_err(|_| format!("`--target`: `{name}` is not a valid header value"))?,
+        );
+        Ok(self)
     }
 
     /// Where requests go, without any credentials in the URL, for the record.
@@ -142,6 +159,9 @@ impl GatewayClient {
             req.headers_mut()
                 .insert(header::AUTHORIZATION, auth.clone());
         }
+        if let Some(pin) = &self.pin {
+            req.headers_mut().insert("x-sluice-target", pin.clone());
+        }
         let resp = self.http.request(req).await.map_err(|e| CallError {
             retryable: e.is_connect() || is_reset(&e),
             message: format!("request failed: {}", chain(&e)),
@@ -156,6 +176,11 @@ impl GatewayClient {
         let prompt = header("x-sluice-prompt-id")
             .zip(header("x-sluice-prompt-version"))
             .map(|(id, version)| crate::prompts::PromptTag { id, version });
+        let served = CaseServed {
+            target: header("x-sluice-target"),
+            version: header("x-sluice-model-version"),
+            policy_version: header("x-sluice-policy-version"),
+        };
         let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
@@ -167,6 +192,7 @@ impl GatewayClient {
         let mut outcome = read(status, &body)?;
         if let Outcome::Answer(c) = &mut outcome {
             c.prompt = prompt;
+            c.served = served;
         }
         Ok(outcome)
     }
@@ -213,6 +239,7 @@ pub fn read(status: u16, body: &[u8]) -> Result<Outcome, CallError> {
         prompt_tokens: usage["prompt_tokens"].as_u64(),
         completion_tokens: usage["completion_tokens"].as_u64(),
         prompt: None,
+        served: CaseServed::default(),
     }))
 }
 

@@ -32,6 +32,10 @@ pub struct Record {
     pub model: String,
     /// Where the cases were sent: a URL (without credentials), or `in-process:<config>`.
     pub target: String,
+    /// What answered: the target, version and policy the gateway named in its response headers.
+    /// Absent in records written before the promotion gate.
+    #[serde(default)]
+    pub served: Option<Served>,
     pub request: RequestSettings,
     /// `id → version` of the gateway prompts the answers came from (`x-sluice-prompt-*`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -44,6 +48,41 @@ pub struct Record {
     pub duration_ms: f64,
     pub summary: Summary,
     pub cases: Vec<CaseRecord>,
+}
+
+/// Which target, version and policy answered a run's cases (`x-sluice-target`,
+/// `x-sluice-model-version`, `x-sluice-policy-version` of the answers), and the weights file's
+/// SHA-256 when the gateway ran in-process on a local model that declares one. A field is `null`
+/// when no answer named it, or when answers disagreed: then `mixed` is true and `seen` lists what
+/// came, and the record is no one release's evidence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Served {
+    pub target: Option<String>,
+    pub version: Option<String>,
+    pub weights_sha256: Option<String>,
+    pub policy_version: Option<String>,
+    pub mixed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<Seen>,
+}
+
+/// Every distinct value the answers named, when they disagreed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    pub targets: Vec<String>,
+    pub versions: Vec<String>,
+    pub policy_versions: Vec<String>,
+}
+
+/// The response headers of one answer that say what served it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseServed {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +170,9 @@ pub struct CaseRecord {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub scores: Vec<ScoreRecord>,
+    /// What served this answer, from its response headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<CaseServed>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +249,56 @@ impl Summary {
     }
 }
 
+// === impl Served ===
+
+impl Served {
+    /// What served `cases` (their answers' headers), with the weights' SHA-256 when known.
+    pub fn of(cases: &[CaseRecord], weights_sha256: Option<String>) -> Served {
+        let distinct = |f: fn(&CaseServed) -> Option<&String>| -> Vec<String> {
+            let set: std::collections::BTreeSet<String> = cases
+                .iter()
+                .filter_map(|c| c.served.as_ref())
+                .filter_map(|s| f(s).cloned())
+                .collect();
+            set.into_iter().collect()
+        };
+        let targets = distinct(|s| s.target.as_ref());
+        let versions = distinct(|s| s.version.as_ref());
+        let policy_versions = distinct(|s| s.policy_version.as_ref());
+        // An answer without a header the others carry is a disagreement too.
+        let answered: Vec<&CaseServed> = cases.iter().filter_map(|c| c.served.as_ref()).collect();
+        let partial = |f: fn(&CaseServed) -> bool| {
+            let n = answered.iter().filter(|s| f(s)).count();
+            n != 0 && n != answered.len()
+        };
+        let mixed = targets.len() > 1
+            || versions.len() > 1
+            || policy_versions.len() > 1
+            || partial(|s| s.target.is_some())
+            || partial(|s| s.version.is_some())
+            || partial(|s| s.policy_version.is_some());
+        let one = |v: &[String]| {
+            if mixed || v.len() != 1 {
+                None
+            } else {
+                v.first().cloned()
+            }
+        };
+        Served {
+            target: one(&targets),
+            version: one(&versions),
+            weights_sha256,
+            policy_version: one(&policy_versions),
+            mixed,
+            seen: mixed.then_some(Seen {
+                targets,
+                versions,
+                policy_versions,
+            }),
+        }
+    }
+}
+
 // === impl Record ===
 
 impl Record {
@@ -257,7 +349,51 @@ mod tests {
                 passed,
                 detail: None,
             }],
+            served: None,
         }
+    }
+
+    fn served(target: &str, version: &str, policy: &str) -> Option<CaseServed> {
+        Some(CaseServed {
+            target: Some(target.into()),
+            version: Some(version.into()),
+            policy_version: Some(policy.into()),
+        })
+    }
+
+    #[test]
+    fn served_is_one_release_or_flagged_mixed() {
+        let mut a = case("a", true, Some(200), "x");
+        let mut b = case("b", true, Some(200), "x");
+        let c = case("c", false, Some(400), "");
+        a.served = served("canary", "v2", "p1");
+        b.served = served("canary", "v2", "p1");
+        let s = Served::of(&[a.clone(), b.clone(), c.clone()], Some("ab".into()));
+        assert!(!s.mixed);
+        assert_eq!(s.target.as_deref(), Some("canary"));
+        assert_eq!(s.version.as_deref(), Some("v2"));
+        assert_eq!(s.policy_version.as_deref(), Some("p1"));
+        assert_eq!(s.weights_sha256.as_deref(), Some("ab"));
+        assert!(s.seen.is_none());
+
+        b.served = served("stable", "v1", "p1");
+        let s = Served::of(&[a.clone(), b.clone()], None);
+        assert!(s.mixed);
+        assert_eq!((s.target, s.version), (None, None));
+        assert_eq!(s.policy_version, None);
+        let seen = s.seen.unwrap();
+        assert_eq!(seen.targets, ["canary", "stable"]);
+        assert_eq!(seen.policy_versions, ["p1"]);
+
+        // A policy reload halfway through the run mixes the record too.
+        b.served = served("canary", "v2", "p2");
+        assert!(Served::of(&[a.clone(), b.clone()], None).mixed);
+        // So does an answer that names no version while another does.
+        b.served = Some(CaseServed {
+            version: None,
+            ..served("canary", "v2", "p1").unwrap()
+        });
+        assert!(Served::of(&[a, b], None).mixed);
     }
 
     #[test]

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use super::client::{CallError, Outcome};
 use super::dataset::Case;
-use super::record::{CaseRecord, DatasetRef, Record, ScoreRecord, SuiteRef, Summary, FORMAT};
+use super::record::{
+    CaseRecord, DatasetRef, Record, ScoreRecord, Served, SuiteRef, Summary, FORMAT,
+};
 use super::scorers::{Answer, Blocked, Verdict};
 use super::suite::Suite;
 use super::GatewayClient;
@@ -32,6 +34,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// What the record names as the target.
     pub target: String,
+    /// The SHA-256 of the weights that served, when the runner knows them (in-process, a local
+    /// model that declares one).
+    pub weights_sha256: Option<String>,
 }
 
 /// The last attempt's result, how many attempts it took and how long the last one ran.
@@ -82,6 +87,7 @@ pub async fn run(suite: &Suite, client: &GatewayClient, opts: &RunOptions) -> Re
         },
         model: suite.model.clone(),
         target: opts.target.clone(),
+        served: Some(Served::of(&cases, opts.weights_sha256.clone())),
         request: suite.request.clone(),
         prompts: cases
             .iter()
@@ -118,6 +124,7 @@ async fn run_case(
         prompt_tokens: None,
         completion_tokens: None,
         scores: Vec::new(),
+        served: None,
     };
     // `None` when there is nothing to score: every scorer fails with this reason.
     let unscorable = match sent.result {
@@ -130,6 +137,7 @@ async fn run_case(
             record.prompt_tokens = c.prompt_tokens;
             record.completion_tokens = c.completion_tokens;
             record.prompt = c.prompt;
+            record.served = Some(c.served);
             None
         }
         Ok(Outcome::Refused {
@@ -284,6 +292,7 @@ mod tests {
             backoff: Duration::from_millis(1),
             progress: false,
             target: "test".into(),
+            weights_sha256: None,
         }
     }
 

@@ -154,6 +154,21 @@ where
         .cloned()
         .unwrap_or(Caller(None));
     record.key = caller.name().map(str::to_owned);
+    let pin = match req.headers().get(TARGET) {
+        None => None,
+        Some(v) => Some(v.to_str().map(str::to_owned).map_err(|_| {
+            Error::invalid(
+                "x-sluice-target",
+                "`x-sluice-target` must be a target name.",
+            )
+        })?),
+    };
+    if pin.is_some() && !caller.may_pin() {
+        return Err(Error::Forbidden {
+            message: "This API key may not pin a target: `x-sluice-target` needs `pin_target = true` on the key.".into(),
+            code: "permission_denied",
+        });
+    }
     let limit = state.server.max_body_bytes;
     let declared = req
         .headers()
@@ -226,7 +241,10 @@ where
     record.admission = Some(admission);
 
     let waited = Instant::now();
-    let opened = route.router.open(&request, &request_id).await;
+    let opened = route
+        .router
+        .open_pinned(&request, &request_id, pin.as_deref())
+        .await;
     record.backend_wait += waited.elapsed();
     let opened = opened.inspect_err(|e| {
         record.upstream_error_counted = e.is_retryable();

@@ -280,14 +280,44 @@ impl ModelRouter {
         request: &ChatRequest,
         request_id: &RequestId,
     ) -> Result<Opened, Error> {
+        self.open_pinned(request, request_id, None).await
+    }
+
+    /// Opens a backend stream on the target named `pin` alone when one is given
+    /// (`x-sluice-target`): whatever its weight, without fallbacks, so what answers is what was
+    /// asked for, but not when an operator has switched it off or its breaker is open.
+    pub async fn open_pinned(
+        self: &Arc<Self>,
+        request: &ChatRequest,
+        request_id: &RequestId,
+        pin: Option<&str>,
+    ) -> Result<Opened, Error> {
         if !self.is_enabled() {
             return Err(Error::ModelUnavailable {
                 model: self.model.name.clone(),
                 reason: "it is switched off by an operator.".into(),
             });
         }
+        let plan = match pin {
+            None => None,
+            Some(name) => {
+                let t = self.target(name).ok_or_else(|| {
+                    Error::invalid(
+                        "x-sluice-target",
+                        format!("The model `{}` has no target `{name}`.", self.model.name),
+                    )
+                })?;
+                if !t.is_enabled() {
+                    return Err(Error::ModelUnavailable {
+                        model: self.model.name.clone(),
+                        reason: format!("target `{name}` is switched off by an operator."),
+                    });
+                }
+                Some(vec![t.clone()])
+            }
+        };
         self.budget.deposit();
-        let plan = self.plan();
+        let plan = plan.unwrap_or_else(|| self.plan());
         let mut last: Option<Error> = None;
         for (i, target) in plan.iter().enumerate() {
             if i > 0 {

@@ -388,6 +388,7 @@ rubric = "The answer names the capital of France."
         backoff: Duration::ZERO,
         progress: false,
         target: gw.url(""),
+        weights_sha256: None,
     };
     let record = sluice::eval::run(&suite, &client, &opts).await;
     let scores: Vec<(f64, bool)> = record

@@ -19,6 +19,7 @@ mod guardrails_policy;
 mod guardrails_stream;
 mod keys_limits;
 mod local_model;
+mod promotion;
 mod prompts;
 mod reload;
 mod remote_backend;

@@ -388,6 +388,7 @@ async fn an_eval_suite_names_a_prompt_and_its_record_the_version_served() {
         backoff: Duration::ZERO,
         progress: false,
         target: gw.url(""),
+        weights_sha256: None,
     };
     let record = sluice::eval::run(&suite, &client, &opts).await;
     assert!(record.summary.threshold_met, "{:?}", record.cases);
