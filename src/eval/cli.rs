@@ -62,9 +62,14 @@ pub struct RunArgs {
     /// How long one request may take, to its last byte.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// The directory records are written to.
-    #[arg(long, default_value = "records")]
-    pub records: PathBuf,
+    /// The directory records are written to [default: in-process, the config's
+    /// `[validation] records`, where the promotion gate looks; with `--url`, `records`].
+    #[arg(long)]
+    pub records: Option<PathBuf>,
+    /// Who runs the suite, written into the record [default: $SLUICE_RUN_BY, else the login
+    /// name].
+    #[arg(long)]
+    pub run_by: Option<String>,
     /// Draw no progress bar (there is none when standard error is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
@@ -110,19 +115,24 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let record = match runtime.block_on(run_suite(&suite, &args)) {
+    let (record, config_records) = match runtime.block_on(run_suite(&suite, &args)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(2);
         }
     };
-    let path = match record.write(&args.records) {
+    let records = args
+        .records
+        .clone()
+        .or(config_records)
+        .unwrap_or_else(|| PathBuf::from("records"));
+    let path = match record.write(&records) {
         Ok(p) => p,
         Err(e) => {
             eprintln!(
                 "error: cannot write the record to {}: {e}",
-                args.records.display()
+                records.display()
             );
             return ExitCode::from(2);
         }
@@ -136,7 +146,8 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-async fn run_suite(suite: &Suite, args: &RunArgs) -> anyhow::Result<Record> {
+/// The record, and the in-process config's records directory.
+async fn run_suite(suite: &Suite, args: &RunArgs) -> anyhow::Result<(Record, Option<PathBuf>)> {
     let key = std::env::var(&args.key_env).ok();
     let (url, target, gateway, weights_sha256) = match &args.url {
         Some(url) => (url.clone(), None, None, None),
@@ -174,8 +185,18 @@ async fn run_suite(suite: &Suite, args: &RunArgs) -> anyhow::Result<Record> {
         progress: !args.no_progress,
         target: target.unwrap_or_else(|| client.target()),
         weights_sha256,
+        run_by: args
+            .run_by
+            .clone()
+            .or_else(|| std::env::var("SLUICE_RUN_BY").ok())
+            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("LOGNAME").ok())
+            .filter(|s| !s.trim().is_empty()),
     };
     let record = runner::run(suite, &client, &opts).await;
+    let config_records = gateway
+        .as_ref()
+        .map(|g| g.config.validation_records.clone());
     if let Some(g) = gateway {
         // Every case has finished, so nothing is in flight and the drain is immediate.
         let _ = g.stop.send(());
@@ -183,7 +204,7 @@ async fn run_suite(suite: &Suite, args: &RunArgs) -> anyhow::Result<Record> {
             eprintln!("warning: the in-process gateway stopped with an error: {e:#}");
         }
     }
-    Ok(record)
+    Ok((record, config_records))
 }
 
 /// Starts the gateway of `path` on `127.0.0.1:0` (and its admin listener, when it has one).

@@ -40,6 +40,10 @@ pub struct Record {
     /// `id → version` of the gateway prompts the answers came from (`x-sluice-prompt-*`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub prompts: BTreeMap<String, String>,
+    /// Who ran the suite, as the runner declared it (`sluice eval run --run-by`, else
+    /// `$SLUICE_RUN_BY`, else the login name): a statement, not an authentication.
+    #[serde(default)]
+    pub run_by: Option<String>,
     /// The Sluice version that ran the suite.
     pub sluice_version: String,
     /// Unix time (seconds) when the run started.

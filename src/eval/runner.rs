@@ -37,6 +37,8 @@ pub struct RunOptions {
     /// The SHA-256 of the weights that served, when the runner knows them (in-process, a local
     /// model that declares one).
     pub weights_sha256: Option<String>,
+    /// Who runs the suite, for the record.
+    pub run_by: Option<String>,
 }
 
 /// The last attempt's result, how many attempts it took and how long the last one ran.
@@ -94,6 +96,7 @@ pub async fn run(suite: &Suite, client: &GatewayClient, opts: &RunOptions) -> Re
             .filter_map(|c| c.prompt.as_ref())
             .map(|p| (p.id.clone(), p.version.clone()))
             .collect(),
+        run_by: opts.run_by.clone(),
         sluice_version: env!("CARGO_PKG_VERSION").into(),
         started_at,
         duration_ms: ms(started.elapsed()),
@@ -293,6 +296,7 @@ mod tests {
             progress: false,
             target: "test".into(),
             weights_sha256: None,
+            run_by: None,
         }
     }
 

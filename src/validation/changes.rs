@@ -1,9 +1,9 @@
 //! What changed since a model's approval: the audit records that concern it, from `approved_at`.
 //!
 //! The registry says who approved a model and when; the audit log says what was done to it after:
-//! weight changes, switches, canary rollbacks, promotion decisions and the config and policy
-//! reloads that may have changed it. Guardrail decisions are left out: they are per request, not
-//! changes to what is served.
+//! weight changes, switches, canary rollbacks, promotion decisions and the config, policy and
+//! prompt reloads that may have changed it. Guardrail decisions are left out: they are per
+//! request, not changes to what is served.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 /// Events about the whole gateway that may have changed any model.
-const GLOBAL: &[&str] = &["config_reload", "policy_reload"];
+const GLOBAL: &[&str] = &["config_reload", "policy_reload", "prompt_reload"];
 
 /// Parses `approved_at`: RFC 3339, or a bare date (`2026-11-02`, midnight UTC).
 pub fn parse_time(s: &str) -> Option<SystemTime> {
@@ -74,14 +74,15 @@ mod tests {
             r#"{"time":"2026-01-03T11:00:00.000Z","event":"weight_set","model":"other"}"#,
             r#"{"time":"2026-01-03T12:00:00.000Z","event":"guardrail","model":"m"}"#,
             r#"{"time":"2026-01-04T12:00:00.000Z","event":"config_reload","result":"ok"}"#,
+            r#"{"time":"2026-01-04T13:00:00.000Z","event":"prompt_reload","result":"ok"}"#,
             "not json",
         ];
         std::fs::write(&path, lines.join("\n")).unwrap();
         let got = since(&path, "m", parse_time("2026-01-02")).unwrap();
         let events: Vec<&str> = got.iter().map(|v| v["event"].as_str().unwrap()).collect();
-        assert_eq!(events, ["weight_set", "config_reload"]);
+        assert_eq!(events, ["weight_set", "config_reload", "prompt_reload"]);
         assert_eq!(got[0]["to"], 5);
-        assert_eq!(since(&path, "m", None).unwrap().len(), 3);
+        assert_eq!(since(&path, "m", None).unwrap().len(), 4);
         assert!(since(&dir.join("none"), "m", None).unwrap().is_empty());
         assert!(parse_time("2026-01-02T03:04:05Z").is_some());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -53,6 +53,8 @@ pub struct Evidence {
     pub mean_scores: std::collections::BTreeMap<String, f64>,
     /// Unix time (seconds) the run started.
     pub started_at: u64,
+    /// Who ran it, as the record declares.
+    pub run_by: Option<String>,
     /// The target the run was pinned to.
     pub served_target: Option<String>,
     pub served_version: Option<String>,
@@ -147,6 +149,7 @@ impl Stored {
             pass_rate: r.summary.pass_rate,
             mean_scores: r.summary.mean_scores.clone(),
             started_at: r.started_at,
+            run_by: r.run_by.clone(),
             served_target: served.target,
             served_version: served.version,
         }
@@ -203,6 +206,7 @@ pub(crate) mod tests {
             }),
             request: Default::default(),
             prompts: Default::default(),
+            run_by: Some("ci".into()),
             sluice_version: "0".into(),
             started_at: at,
             duration_ms: 1.0,

@@ -140,11 +140,12 @@ pub fn render(v: &Value) -> String {
             for t in val["targets"].as_array().into_iter().flatten() {
                 let what = match t["verdict"].as_str() {
                     Some("admitted") => format!(
-                        "record {} pass rate {} dataset {} run at {}",
+                        "record {} pass rate {} dataset {} run at {} by {}",
                         s(&t["evidence"]["record"]),
                         s(&t["evidence"]["pass_rate"]),
                         s(&t["evidence"]["dataset_sha256"]),
                         s(&t["run_at"]),
+                        s(&t["evidence"]["run_by"]),
                     ),
                     Some("overridden") => format!("OVERRIDE ({})", s(&t["reason"])),
                     _ => format!("NO EVIDENCE: {}", s(&t["missing"])),

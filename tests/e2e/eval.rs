@@ -389,6 +389,7 @@ rubric = "The answer names the capital of France."
         progress: false,
         target: gw.url(""),
         weights_sha256: None,
+        run_by: None,
     };
     let record = sluice::eval::run(&suite, &client, &opts).await;
     let scores: Vec<(f64, bool)> = record
@@ -756,4 +757,37 @@ async fn headless_dom(page: &Path, scratch: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn an_in_process_run_writes_where_the_gate_looks_and_says_who_ran_it() {
+    let good = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let dir = temp_dir("records-default");
+    let suite = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/evals/mock-remote.toml"
+    ));
+    let config = mock_model_config(&dir, "good", &good);
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap() + "[validation]\nrecords = \"evidence\"\n",
+    )
+    .unwrap();
+    let run = sluice_eval(
+        &[
+            suite.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--run-by",
+            "release-bot",
+            "--no-progress",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // No --records: the record lands in the config's `[validation] records`, beside the config.
+    let record = read_record(&run, &dir.join("evidence"));
+    assert_eq!(record["run_by"], "release-bot");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

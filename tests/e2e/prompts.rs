@@ -389,6 +389,7 @@ async fn an_eval_suite_names_a_prompt_and_its_record_the_version_served() {
         progress: false,
         target: gw.url(""),
         weights_sha256: None,
+        run_by: None,
     };
     let record = sluice::eval::run(&suite, &client, &opts).await;
     assert!(record.summary.threshold_met, "{:?}", record.cases);
